@@ -1,0 +1,68 @@
+"""Where byok keeps its state.
+
+Everything byok writes (the embedded stack, the volume pool, experiment results) lives under one
+base directory so that a checkout stays self-contained and ``rm -rf .byok`` is a full reset.
+The base is ``$BYOK_HOME`` if set, else ``.byok`` in the project checkout (the directory that holds
+``pyproject.toml`` above this package), else ``.byok`` in the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path | None:
+    """The checkout this package was installed from (editable install), if any."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists() and (here / "byok").is_dir():
+        return here
+    return None
+
+
+def base_dir() -> Path:
+    env = os.environ.get("BYOK_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    root = project_root()
+    return (root if root else Path.cwd()) / ".byok"
+
+
+def stack_dir() -> Path:
+    """State of the embedded Keystone + Barbican (``$BYOK_STACK_DIR`` overrides)."""
+    env = os.environ.get("BYOK_STACK_DIR")
+    return Path(env).expanduser().resolve() if env else base_dir() / "stack"
+
+
+def pool_dir() -> Path:
+    """The prototype volume pool (``$BYOK_POOL_DIR`` overrides)."""
+    env = os.environ.get("BYOK_POOL_DIR")
+    return Path(env).expanduser().resolve() if env else base_dir() / "pool"
+
+
+def results_dir() -> Path:
+    """Where experiment runs go by default."""
+    root = project_root()
+    return (root if root else Path.cwd()) / "results"
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) with mode 0700 and return it."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write a file that only the owner can read (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        os.write(fd, data.encode() if isinstance(data, str) else data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)

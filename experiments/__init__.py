@@ -1,0 +1,1 @@
+"""Experiments: one small declarative file each, discovered by the harness."""
