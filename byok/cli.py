@@ -9,6 +9,7 @@ or wrong key, 6 key service unavailable, 7 key type mismatch, 8 not LUKS / heade
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -20,8 +21,8 @@ from rich_argparse import RawDescriptionRichHelpFormatter
 
 from byok.errors import ByokError, UsageError
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -149,7 +150,227 @@ def _print_status(status: dict, *, as_json: bool) -> None:
         out.print(f"clouds.yaml: {status['clouds_yaml']}  (byok stack env)")
 
 
-_REGISTRARS: list[Callable] = [_stack_parser]
+# --- identities (shared by every command that talks to a cloud) -----------------------------
+
+
+def add_identity_args(p: argparse.ArgumentParser, *, default_user: str | None = None) -> None:
+    g = p.add_mutually_exclusive_group(required=default_user is None)
+    g.add_argument(
+        "--as", dest="as_user", metavar="USER", default=default_user,
+        help="a seeded user of the embedded stack (alice, carol, bob, cinder, nova, admin)",
+    )  # fmt: skip
+    g.add_argument(
+        "--cloud", metavar="NAME",
+        help="a cloud from clouds.yaml instead (devstack, production: OS_CLIENT_CONFIG_FILE)",
+    )  # fmt: skip
+
+
+def identity_from_args(args: argparse.Namespace):
+    from byok.identity import Identity
+
+    if getattr(args, "cloud", None):
+        return Identity.from_cloud(args.cloud)
+    from byok.stack.manager import Stack
+
+    stack = Stack.at(getattr(args, "state_dir", None))
+    if not stack.cfg.clouds_yaml.exists():
+        raise UsageError("the embedded stack has no clouds.yaml yet", hint="run: byok stack up")
+    return Identity.from_cloud(stack.cloud_name(args.as_user), clouds_yaml=stack.cfg.clouds_yaml)
+
+
+# --- key ---------------------------------------------------------------------------------------
+
+
+def _key_parser(sub, fmt) -> None:
+    kp = sub.add_parser(
+        "key", formatter_class=fmt, help="store, inspect, grant and revoke user keys in Barbican",
+        description=(
+            "Manage the user's own volume keys in Barbican. Key material is read from a file or\n"
+            "generated, sent to Barbican, and never printed: 'show' prints a fingerprint.\n\n"
+            "Examples:\n"
+            "  byok key store --as alice --generate --bits 512\n"
+            "  byok key grant REF --to cinder --as alice --private\n"
+            "  byok key show REF --as alice"
+        ),
+    )  # fmt: skip
+    ks = kp.add_subparsers(dest="action", metavar="ACTION")
+    ks.required = True
+    st = ks.add_parser("store", formatter_class=fmt, help="store a key, print its ref")
+    add_identity_args(st)
+    src = st.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", type=Path, help="raw key bytes (or passphrase text) from a file")
+    src.add_argument("--generate", action="store_true", help="generate random key material")
+    st.add_argument("--passphrase", action="store_true",
+                    help="store a passphrase secret instead of a symmetric AES key")  # fmt: skip
+    st.add_argument("--bits", type=int, choices=(256, 512), default=512,
+                    help="AES key size (512 = AES-256-XTS, the default)")  # fmt: skip
+    st.add_argument("--name", default="byok-volume-key", help="secret name in Barbican")
+    st.set_defaults(func=_key_store)
+    sh = ks.add_parser("show", formatter_class=fmt,
+                       help="type, size, owner, consumers, fingerprint")  # fmt: skip
+    sh.add_argument("ref", metavar="REF", help="secret href or UUID")
+    add_identity_args(sh)
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=_key_show)
+    for name, helptext in (("grant", "let a service user read this key (Barbican ACL)"),
+                           ("revoke", "remove a user from the key's ACL")):  # fmt: skip
+        gp = ks.add_parser(name, formatter_class=fmt, help=helptext)
+        gp.add_argument("ref", metavar="REF", help="secret href or UUID")
+        gp.add_argument("--to" if name == "grant" else "--from", dest="target", required=True,
+                        metavar="USER",
+                        help="user name (embedded stack) or Keystone user id")  # fmt: skip
+        add_identity_args(gp)
+        if name == "grant":
+            gp.add_argument("--private", action="store_true",
+                            help="also turn project access off (only you + ACL users)")  # fmt: skip
+        gp.set_defaults(func=_key_acl, acl_action=name)
+    dl = ks.add_parser("delete", formatter_class=fmt, help="delete the key (refused while in use)")
+    dl.add_argument("ref", metavar="REF")
+    add_identity_args(dl)
+    dl.add_argument("--force", action="store_true", help="delete even if volumes consume it")
+    dl.set_defaults(func=_key_delete)
+
+
+def _key_store(args: argparse.Namespace) -> int:
+    import os
+    import secrets as pysecrets
+
+    from byok.barbican_api import BarbicanAPI
+    from byok.keys import Resolver
+    from byok.sensitive import Sensitive
+
+    ident = identity_from_args(args)
+    if args.generate:
+        raw = (pysecrets.token_urlsafe(32).encode() if args.passphrase
+               else os.urandom(args.bits // 8))  # fmt: skip
+    else:
+        raw = args.file.read_bytes()
+    if not args.passphrase and len(raw) * 8 != args.bits:
+        raise UsageError(
+            f"{args.file} holds {len(raw)} bytes; a {args.bits}-bit key is {args.bits // 8} bytes",
+            hint="use --bits to match, or --passphrase for text",
+        )
+    api: BarbicanAPI = Resolver(ident).api
+    if args.passphrase:
+        ref = api.store(Sensitive(raw), secret_type="passphrase", name=args.name)
+    else:
+        ref = api.store(Sensitive(raw), secret_type="symmetric", name=args.name,
+                        algorithm="aes", bit_length=args.bits, mode="xts")  # fmt: skip
+    out.print(ref.href)
+    return 0
+
+
+def _key_show(args: argparse.Namespace) -> int:
+    from byok import guard
+    from byok.keys import Resolver
+
+    ident = identity_from_args(args)
+    r = Resolver(ident)
+    ref = r.parse(args.ref)
+    info = r.info(ref, validate=False)
+    desc = info.describe()
+    desc["owned_by_your_project"] = guard.owned_by_callers_project(ref, ident)
+    try:
+        desc["fingerprint"] = r.resolve(ref).payload.fingerprint()
+        desc["usable_as_volume_key"] = True
+    except ByokError as e:
+        desc["usable_as_volume_key"] = False
+        desc["problem"] = e.message
+    if args.json:
+        out.print_json(json.dumps(desc))
+    else:
+        for k, v in desc.items():
+            out.print(f"[bold]{k:>22}[/]  {v}")
+    return 0
+
+
+def _user_id(args: argparse.Namespace, name: str) -> str:
+    import re
+
+    if re.fullmatch(r"[0-9a-f]{32}", name):
+        return name
+    from byok.stack.manager import Stack
+
+    ids = Stack.at(getattr(args, "state_dir", None)).ids()
+    if f"user:{name}" not in ids:
+        raise UsageError(f"unknown user {name!r}", hint="give the Keystone user id instead")
+    return ids[f"user:{name}"]
+
+
+def _key_acl(args: argparse.Namespace) -> int:
+    from byok.keys import Resolver
+
+    r = Resolver(identity_from_args(args))
+    ref = r.parse(args.ref)
+    acl = r.api.acl(ref).get("read", {})
+    users = list(acl.get("users", []))
+    project_access = bool(acl.get("project-access", True))
+    target = _user_id(args, args.target)
+    if args.acl_action == "grant":
+        users = sorted({*users, target})
+        project_access = project_access and not args.private
+    else:
+        users = [u for u in users if u != target]
+    r.api.set_acl(ref, users=users, project_access=project_access)
+    out.print(f"{args.acl_action}: read ACL of {ref.secret_id} is now users={users} "
+              f"project-access={project_access}")  # fmt: skip
+    return 0
+
+
+def _key_delete(args: argparse.Namespace) -> int:
+    from byok.keys import Resolver
+
+    r = Resolver(identity_from_args(args))
+    ref = r.parse(args.ref)
+    r.api.delete(ref, force=args.force)
+    out.print(f"deleted {ref.secret_id}")
+    return 0
+
+
+# --- bench -------------------------------------------------------------------------------------
+
+BENCHES = ("resolve",)
+
+
+def _bench_parser(sub, fmt) -> None:
+    bp = sub.add_parser(
+        "bench", formatter_class=fmt, help="benchmarks: side-by-side ratios as JSON",
+        description=(
+            "Each benchmark measures two things interleaved in one run and reports p50/p95,\n"
+            "the ratio and its target. Runs on the embedded stack (started and stopped if\n"
+            "needed) or on --cloud."
+        ),
+    )  # fmt: skip
+    bp.add_argument("which", choices=(*BENCHES, "all"), help="which benchmark")
+    bp.add_argument("--n", type=int, default=30, help="samples per side (default 30)")
+    bp.add_argument("--out", type=Path, help="write the JSON here as well as to stdout")
+    add_identity_args(bp, default_user="alice")
+    bp.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from byok.bench import resolve
+    from byok.stack.manager import Stack
+
+    results: dict = {}
+    with contextlib.ExitStack() as es:
+        if args.cloud:
+            ident = identity_from_args(args)
+        else:
+            stack = es.enter_context(Stack.at().running(progress=lambda m: err.print(f"… {m}")))
+            ident = stack.identity(args.as_user)
+        if args.which in ("resolve", "all"):
+            err.print("… bench resolve: castellan get vs byok resolve")
+            results["resolve"] = resolve.run(ident, n=args.n)
+    text = json.dumps(results, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+_REGISTRARS: list[Callable] = [_stack_parser, _key_parser, _bench_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import hashlib
 import hmac
+import logging
+from collections.abc import Iterator
 
 
 class Sensitive:
@@ -63,3 +67,42 @@ class Sensitive:
         raw = self._data
         out = [raw, binascii.hexlify(raw), binascii.hexlify(raw).upper(), base64.b64encode(raw)]
         return [f for f in out if len(f) >= 8]
+
+
+# --- keeping secrets out of HTTP debug logs ------------------------------------------------------
+
+_quiet = contextvars.ContextVar("byok_quiet_http", default=False)
+_HTTP_LOGGERS = (
+    "keystoneauth.session",
+    "keystoneauth.session.request",
+    "keystoneauth.session.response",
+    "keystoneauth.session.body",
+    "keystoneauth.session.request-id",
+)
+
+
+class _DropWhileQuiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _quiet.get()
+
+
+_filter = _DropWhileQuiet()
+
+
+@contextlib.contextmanager
+def quiet_http_logs() -> Iterator[None]:
+    """Suppress keystoneauth's request/response logging in the enclosed calls.
+
+    With debug logging on, keystoneauth logs JSON and text/plain bodies: a secret POST (base64
+    payload) or a passphrase payload GET would land in the log. byok wraps every call that carries
+    key material in this context (castellan's own backend does not).
+    """
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _filter not in logger.filters:
+            logger.addFilter(_filter)
+    token = _quiet.set(True)
+    try:
+        yield
+    finally:
+        _quiet.reset(token)

@@ -71,3 +71,35 @@ def processes_in(path) -> list[int]:
         if cwd.startswith(root) or root in cmd:
             found.append(int(entry))
     return found
+
+
+@pytest.fixture(scope="session")
+def barbican(stack, identities):
+    """``barbican(user)`` -> BarbicanAPI for that seeded user against the embedded Barbican."""
+    from byok.barbican_api import BarbicanAPI
+
+    return lambda user: BarbicanAPI(identities(user), stack.cfg.barbican_url)
+
+
+@pytest.fixture(scope="session")
+def make_key(barbican):
+    """``make_key(user, kind="aes512"|"aes256"|"passphrase", **overrides)`` stores a secret as
+    ``user`` and returns ``(KeyRef, raw bytes)``."""
+    import os
+
+    from byok.sensitive import Sensitive
+
+    def make(user: str = "alice", kind: str = "aes512", **kw):
+        api = barbican(user)
+        if kind == "passphrase":
+            raw = kw.pop("payload", os.urandom(12).hex().encode())
+            ref = api.store(Sensitive(raw), secret_type="passphrase", name=f"t-{kind}", **kw)
+        else:
+            bits = int(kind[3:]) if kind.startswith("aes") else 512
+            raw = kw.pop("payload", os.urandom(bits // 8))
+            args = {"algorithm": "aes", "bit_length": bits, "mode": "xts"} | kw
+            ref = api.store(Sensitive(raw), secret_type=args.pop("secret_type", "symmetric"),
+                            name=f"t-{kind}", **args)  # fmt: skip
+        return ref, raw
+
+    return make

@@ -38,6 +38,8 @@ SEED_USERS: tuple[SeedUser, ...] = (
     SeedUser("alice", "alice-project", ("member",)),
     SeedUser("carol", "alice-project", ("member",)),
     SeedUser("bob", "bob-project", ("member",)),
+    # A project of its own for castellan's functional suite, which lists "all secrets".
+    SeedUser("peer", "peer-project", ("member",)),
     SeedUser("cinder", "service", ("service",), service=True),
     SeedUser("nova", "service", ("service",), service=True),
     SeedUser("barbican", "service", ("service", "admin"), service=True),

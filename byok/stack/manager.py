@@ -7,11 +7,12 @@ It never deletes data; ``reset=True`` (``--reset``) is the one explicit way to s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -129,6 +130,24 @@ class Stack:
         """Fail before any slow bootstrap work if a port we need is taken by someone else."""
         for srv in self.servers():
             srv.check_port()
+
+    @contextlib.contextmanager
+    def running(self, *, progress: Progress | None = None) -> Iterator[Stack]:
+        """The stack up for the enclosed block; stopped afterwards only if this started it."""
+        was_up = self.status()["healthy"]
+        if not was_up:
+            self.up(progress=progress)
+        try:
+            yield self
+        finally:
+            if not was_up:
+                self.down()
+
+    def identity(self, user: str):
+        """A seeded user's Identity (from this stack's clouds.yaml)."""
+        from byok.identity import Identity
+
+        return Identity.from_cloud(self.cloud_name(user), clouds_yaml=self.cfg.clouds_yaml)
 
     def down(self) -> dict[str, bool]:
         """Stop our servers (pidfile-verified). Idempotent; returns which were stopped."""

@@ -1,0 +1,125 @@
+"""The confused-deputy guard: when may a service use a user's key for a project's volume?
+
+Barbican answers "may identity X read secret K". A service such as Cinder needs a different
+answer: "may I use K *for this volume of project P*". A service's own read access (an ACL the
+owner granted it) is not enough — otherwise any user of any project could name someone else's
+key and have the service apply it. The rule implemented here:
+
+1. **Binding** (volume create / first attach, a user of P present): the user's own P-scoped token
+   must be able to read K. Barbican's policy then decides: K belongs to P (and is not private to
+   another member), or K's owner granted this user an ACL. On success a Barbican *consumer*
+   ``(service, "volume", <volume id>)`` is registered on K, with the user's token.
+2. **Token-less use** (restart, evacuate, migration: the service acts alone): the service must be
+   able to read K (the owner granted it an ACL) *and* K must carry the consumer for exactly this
+   volume, proving step 1 happened for it. Anything else is refused with KeyAccessDenied.
+
+Consumers also make Barbican (microversion >= 1.2) refuse to delete K while volumes use it,
+unless the owner forces it — the owner stays in control, but not by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from byok.errors import KeyAccessDenied, KeyNotFound
+from byok.identity import Identity
+from byok.keyref import KeyRef
+from byok.keys import KeyMaterial, Resolver, SecretInfo, content_type_for, validate_payload
+
+RESOURCE_TYPE = "volume"
+DEFAULT_SERVICE = "cinder"
+
+
+@dataclass(frozen=True)
+class Consumer:
+    service: str
+    resource_id: str
+    resource_type: str = RESOURCE_TYPE
+
+    def matches(self, c: dict) -> bool:
+        return (
+            c.get("service") == self.service
+            and c.get("resource_type") == self.resource_type
+            and c.get("resource_id") == self.resource_id
+        )
+
+    def args(self) -> tuple[str, str, str]:
+        return self.service, self.resource_type, self.resource_id
+
+
+def bind(
+    ref: KeyRef | str,
+    *,
+    user: Identity,
+    volume_id: str,
+    service: str = DEFAULT_SERVICE,
+    endpoint: str | None = None,
+) -> SecretInfo:
+    """Step 1: check the user may use ``ref`` and record the volume as its consumer."""
+    resolver = Resolver(user, endpoint=endpoint)
+    info = resolver.info(ref)  # the user's token: KeyAccessDenied / KeyNotFound from Barbican
+    consumer = Consumer(service, volume_id)
+    if not any(consumer.matches(c) for c in info.consumers):
+        resolver.api.add_consumer(info.ref, *consumer.args())
+    return info
+
+
+def resolve_for_volume(
+    ref: KeyRef | str,
+    *,
+    service_identity: Identity,
+    volume_id: str,
+    service: str = DEFAULT_SERVICE,
+    endpoint: str | None = None,
+) -> KeyMaterial:
+    """Step 2: the service resolves ``ref`` alone, only for a volume bound in step 1."""
+    resolver = Resolver(service_identity, endpoint=endpoint)
+    try:
+        info = resolver.info(ref)
+    except KeyAccessDenied as e:
+        raise KeyAccessDenied(
+            f"{service_identity.name} cannot read key {getattr(ref, 'secret_id', ref)}: "
+            "its owner has not granted the service an ACL",
+            hint="the owner runs: byok key grant REF --to " + service,
+        ) from e
+    if not any(Consumer(service, volume_id).matches(c) for c in info.consumers):
+        raise KeyAccessDenied(
+            f"key {info.ref.secret_id} was never bound to volume {volume_id} by a user of its "
+            f"project; {service} may not use it for that volume on its own authority",
+            hint="bind it with the user's token first (volume create / attach as the user)",
+        )
+    payload = resolver.api.payload(info.ref, content_type_for(info.secret_type))
+    validate_payload(info, payload)
+    return KeyMaterial(info, payload)
+
+
+def release(
+    ref: KeyRef | str,
+    *,
+    identity: Identity,
+    volume_id: str,
+    service: str = DEFAULT_SERVICE,
+    endpoint: str | None = None,
+) -> bool:
+    """Remove this volume's consumer from the key (never the key). False if nothing to remove."""
+    resolver = Resolver(identity, endpoint=endpoint)
+    r = resolver._ref(ref)
+    try:
+        resolver.api.remove_consumer(r, service, RESOURCE_TYPE, volume_id)
+    except KeyNotFound:
+        return False
+    return True
+
+
+def owned_by_callers_project(ref: KeyRef | str, identity: Identity) -> bool:
+    """True if the secret belongs to ``identity``'s project.
+
+    Barbican lets only members of the secret's own project read its ACL (``secret_acls:get``);
+    an ACL grantee from elsewhere gets 403. That makes the ACL read an ownership probe.
+    """
+    resolver = Resolver(identity)
+    try:
+        resolver.api.acl(resolver._ref(ref))
+    except KeyAccessDenied:
+        return False
+    return True

@@ -1,0 +1,195 @@
+"""The key path on the real stack: resolve, validate, the confused-deputy guard, and the castellan
+backend ``byok`` (issue 4)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from castellan import key_manager
+from os_brick import utils as osbrick_utils
+
+from byok import guard, keys
+from byok.errors import KeyAccessDenied, KeyNotFound, KeyRefInvalid, KeyTypeMismatch
+from byok.keymanager import ByokKeyManager, configure, volume_scope
+from byok.keyref import KeyRef
+from byok.sensitive import Sensitive
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def resolver(identities):
+    return lambda user: keys.Resolver(identities(user))
+
+
+# --- resolve --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["aes256", "aes512", "passphrase"])
+def test_alice_resolves_her_key_and_gets_os_brick_passphrase(resolver, make_key, kind):
+    ref, raw = make_key("alice", kind)
+    km = resolver("alice").resolve(ref.href)
+    assert km.payload.reveal() == raw
+    expected = osbrick_utils.get_passphrase_from_secret(km.castellan_object())
+    assert keys.passphrase(km).reveal().decode() == expected
+
+
+def test_bare_uuid_resolves_against_the_catalog_endpoint(resolver, make_key, stack):
+    ref, raw = make_key("alice")
+    km = resolver("alice").resolve(ref.secret_id)
+    assert km.payload.reveal() == raw and km.ref.endpoint == stack.cfg.barbican_url
+
+
+def test_href_to_another_host_is_refused_before_any_request(resolver):
+    r = resolver("alice")
+    before = r.api.attempts
+    with pytest.raises(KeyRefInvalid, match="not this cloud's key manager"):
+        r.resolve(f"http://attacker.example.com:19311/v1/secrets/{uuid.uuid4()}")
+    assert r.api.attempts == before
+
+
+def test_unknown_secret_is_keynotfound(resolver, stack):
+    with pytest.raises(KeyNotFound):
+        resolver("alice").resolve(str(uuid.uuid4()))
+
+
+def test_bob_and_unauthorised_cinder_are_denied(resolver, make_key):
+    ref, _ = make_key("alice")
+    for user in ("bob", "cinder", "nova"):
+        with pytest.raises(KeyAccessDenied):
+            resolver(user).resolve(ref.href)
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides", "why"),
+    [
+        ("aes512", {"secret_type": "opaque"}, "cannot be a volume key"),
+        ("aes128", {}, "128-bit"),
+        ("aes512", {"payload": os.urandom(32)}, "declares 512 bits but holds 256"),
+        ("aes512", {"algorithm": "des"}, "AES"),
+    ],
+)
+def test_malformed_secrets_are_typed_mismatches(resolver, make_key, kind, overrides, why):
+    ref, _ = make_key("alice", kind, **overrides)
+    with pytest.raises(KeyTypeMismatch, match=why):
+        resolver("alice").resolve(ref)
+
+
+def test_expired_secret_is_refused(resolver, barbican):
+    import datetime as dt
+    import time
+
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
+    ref = barbican("alice").store(Sensitive(os.urandom(64)), secret_type="symmetric", name="exp",
+                                  algorithm="aes", bit_length=512, expiration=soon)  # fmt: skip
+    time.sleep(3)
+    with pytest.raises((KeyTypeMismatch, KeyNotFound)):
+        resolver("alice").resolve(ref)
+
+
+# --- the confused-deputy guard ----------------------------------------------------------------
+
+
+def test_bob_cannot_bind_alices_key_to_his_volume(identities, make_key, barbican):
+    ref, _ = make_key("alice")
+    with pytest.raises(KeyAccessDenied):
+        guard.bind(ref, user=identities("bob"), volume_id="vol-bob")
+    assert barbican("alice").consumers(ref) == []
+
+
+def test_service_uses_key_only_for_bound_volume_and_only_with_acl(identities, make_key, barbican):
+    ref, raw = make_key("alice")
+    cinder = identities("cinder")
+    info = guard.bind(ref, user=identities("alice"), volume_id="vol-a")
+    assert info.ref == ref
+    assert {"service": "cinder", "resource_type": "volume", "resource_id": "vol-a"} in [
+        {k: c[k] for k in ("service", "resource_type", "resource_id")}
+        for c in barbican("alice").consumers(ref)
+    ]
+    with pytest.raises(KeyAccessDenied, match="has not granted"):  # consumer, but no ACL yet
+        guard.resolve_for_volume(ref, service_identity=cinder, volume_id="vol-a")
+    barbican("alice").set_acl(ref, users=[cinder.user_id()], project_access=True)
+    km = guard.resolve_for_volume(ref, service_identity=cinder, volume_id="vol-a")
+    assert km.payload.reveal() == raw
+    with pytest.raises(KeyAccessDenied, match="never bound to volume vol-b"):
+        guard.resolve_for_volume(ref, service_identity=cinder, volume_id="vol-b")
+    # The ACL opens exactly this secret: another of alice's keys stays closed to cinder.
+    other, _ = make_key("alice")
+    guard.bind(other, user=identities("alice"), volume_id="vol-a")
+    with pytest.raises(KeyAccessDenied):
+        guard.resolve_for_volume(other, service_identity=cinder, volume_id="vol-a")
+    assert guard.release(ref, identity=identities("alice"), volume_id="vol-a")
+    with pytest.raises(KeyAccessDenied, match="never bound"):
+        guard.resolve_for_volume(ref, service_identity=cinder, volume_id="vol-a")
+
+
+def test_acl_read_is_an_ownership_probe(identities, make_key, barbican):
+    ref, _ = make_key("alice")
+    barbican("alice").set_acl(ref, users=[identities("bob").user_id()], project_access=True)
+    assert keys.Resolver(identities("bob")).resolve(ref)  # bob may read via the ACL...
+    assert guard.owned_by_callers_project(ref, identities("alice"))
+    assert not guard.owned_by_callers_project(ref, identities("bob"))  # ...but does not own it
+
+
+# --- castellan backend `byok` -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def km(stack):
+    mgr = key_manager.API(configure(auth_url=stack.cfg.keystone_url, backend="byok"))
+    assert isinstance(mgr, ByokKeyManager)  # loaded by name through castellan's stevedore
+    return mgr
+
+
+def test_delete_of_user_owned_key_keeps_it_and_drops_the_volume_consumer(
+    km, identities, make_key, barbican
+):
+    ref, raw = make_key("alice")
+    ctx = identities("alice").castellan_context()
+    km.add_consumer(ctx, ref.secret_id, {"service": "cinder", "resource_type": "volume",
+                                         "resource_id": "vol-x"})  # fmt: skip
+    with volume_scope("vol-x"):
+        km.delete(ctx, ref.secret_id)
+    assert keys.Resolver(identities("alice")).resolve(ref).payload.reveal() == raw
+    assert barbican("alice").consumers(ref) == []
+
+
+def test_clone_encryption_key_shares_a_user_key_instead_of_copying(km, identities, make_key,
+                                                                    barbican):  # fmt: skip
+    ref, _ = make_key("alice")
+    ctx = identities("alice").castellan_context()
+    before = barbican("alice").count_secrets()
+    # What cinder.volume.volume_utils.clone_encryption_key does: get, then store.
+    with volume_scope("vol-clone"):
+        key = km.get(ctx, ref.secret_id)
+        new_id = km.store(ctx, key)
+    assert new_id == ref.secret_id
+    assert barbican("alice").count_secrets() == before
+    consumers = barbican("alice").consumers(ref)
+    assert [c["resource_id"] for c in consumers] == ["vol-clone"]
+
+
+def test_service_created_keys_are_marked_and_really_deleted(km, identities, barbican):
+    ctx = identities("alice").castellan_context()
+    kid = km.create_key(ctx, "AES", 256, name="cinder-generated")
+    ref = KeyRef(kid)
+    assert barbican("alice").metadata(ref) == {"byok-owner": "service"}
+    assert not km.is_user_owned(ctx, kid)
+    copy = km.store(ctx, km.get(ctx, kid))  # a service key is copied, as upstream does
+    assert copy != kid
+    for k in (kid, copy):
+        km.delete(ctx, k)
+        with pytest.raises(KeyNotFound):
+            barbican("alice").secret(KeyRef(k))
+
+
+def test_session_reuse_means_one_token_for_many_gets(km, identities, make_key):
+    ref, _ = make_key("alice")
+    ctx = identities("alice").castellan_context()
+    clients = {id(km._get_barbican_client(ctx)) for _ in range(5)}
+    assert len(clients) == 1
+    for _ in range(3):
+        km.get(ctx, ref.secret_id)
+    assert len(km._clients) >= 1
