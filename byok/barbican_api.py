@@ -107,7 +107,7 @@ class BarbicanAPI:
                         url, method, json=json_body, headers=hdrs, raise_exc=False,
                         timeout=timeout, connect_retries=0, status_code_retries=0,
                         log=not secret_bearing,
-                    )  # fmt: skip
+                    )
             except ks_exc.Unauthorized as e:
                 raise IdentityError(f"Keystone refused {self.identity.name}: {e}") from e
             except (ks_exc.ConnectionError, ks_exc.DiscoveryFailure, rq_exc.RequestException) as e:
@@ -176,7 +176,7 @@ class BarbicanAPI:
         data = self._request(
             "GET", self._secret_url(ref) + "/payload", what="read the secret payload", ref=ref,
             headers={"Accept": content_type}, want="bytes", secret_bearing=True,
-        )  # fmt: skip
+        )
         return Sensitive(data)
 
     def store(
@@ -202,13 +202,13 @@ class BarbicanAPI:
             }
         body |= {"name": name, "secret_type": secret_type}
         for k, v in (("algorithm", algorithm), ("bit_length", bit_length), ("mode", mode),
-                     ("expiration", expiration)):  # fmt: skip
+                     ("expiration", expiration)):
             if v is not None:
                 body[k] = v
         out = self._request(
             "POST", self.endpoint + "/v1/secrets", what="store a secret", json_body=body,
             ok=(201,), secret_bearing=True,
-        )  # fmt: skip
+        )
         return KeyRef(out["secret_ref"].rsplit("/", 1)[1], self.endpoint)
 
     def delete(self, ref: KeyRef, *, force: bool = False) -> None:
@@ -221,7 +221,7 @@ class BarbicanAPI:
 
     def count_secrets(self) -> int:
         return int(self._request("GET", f"{self.endpoint}/v1/secrets?limit=1",
-                                 what="count secrets").get("total", 0))  # fmt: skip
+                                 what="count secrets").get("total", 0))
 
     # -- ACLs --------------------------------------------------------------------------------
     def acl(self, ref: KeyRef) -> dict:
@@ -230,39 +230,39 @@ class BarbicanAPI:
     def set_acl(self, ref: KeyRef, *, users: list[str], project_access: bool) -> None:
         body = {"read": {"users": users, "project-access": project_access}}
         self._request("PUT", self._secret_url(ref) + "/acl", what="set the ACL", ref=ref,
-                      json_body=body, ok=(200, 201))  # fmt: skip
+                      json_body=body, ok=(200, 201))
 
     def delete_acl(self, ref: KeyRef) -> None:
         self._request("DELETE", self._secret_url(ref) + "/acl", what="delete the ACL", ref=ref,
-                      ok=(200, 204))  # fmt: skip
+                      ok=(200, 204))
 
     # -- consumers ---------------------------------------------------------------------------
     def consumers(self, ref: KeyRef) -> list[dict]:
         out = self._request("GET", self._secret_url(ref) + "/consumers?limit=100",
-                            what="list consumers", ref=ref)  # fmt: skip
+                            what="list consumers", ref=ref)
         return list(out.get("consumers", []))
 
     def add_consumer(self, ref: KeyRef, service: str, resource_type: str, resource_id: str) -> None:
         body = {"service": service, "resource_type": resource_type, "resource_id": resource_id}
         self._request("POST", self._secret_url(ref) + "/consumers", what="register a consumer",
-                      ref=ref, json_body=body, ok=(200, 201))  # fmt: skip
+                      ref=ref, json_body=body, ok=(200, 201))
 
     def remove_consumer(
         self, ref: KeyRef, service: str, resource_type: str, resource_id: str
     ) -> None:
         body = {"service": service, "resource_type": resource_type, "resource_id": resource_id}
         self._request("DELETE", self._secret_url(ref) + "/consumers", what="remove a consumer",
-                      ref=ref, json_body=body, ok=(200, 204))  # fmt: skip
+                      ref=ref, json_body=body, ok=(200, 204))
 
     # -- user metadata -----------------------------------------------------------------------
     def metadata(self, ref: KeyRef) -> dict[str, str]:
         out = self._request("GET", self._secret_url(ref) + "/metadata",
-                            what="read secret metadata", ref=ref)  # fmt: skip
+                            what="read secret metadata", ref=ref)
         return dict(out.get("metadata", {}))
 
     def set_metadata(self, ref: KeyRef, metadata: dict[str, str]) -> None:
         self._request("PUT", self._secret_url(ref) + "/metadata", what="set secret metadata",
-                      ref=ref, json_body={"metadata": metadata}, ok=(200, 201))  # fmt: skip
+                      ref=ref, json_body={"metadata": metadata}, ok=(200, 201))
 
 
 def _error_text(resp: Any) -> str:

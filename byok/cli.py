@@ -69,7 +69,7 @@ def _stack_parser(sub, fmt) -> None:
     sp.add_argument(
         "--state-dir", type=Path, default=None,
         help="stack state directory (default: .byok/stack in the checkout, or $BYOK_STACK_DIR)",
-    )  # fmt: skip
+    )
     ss = sp.add_subparsers(dest="action", metavar="ACTION")
     ss.required = True
     up = ss.add_parser("up", formatter_class=fmt, help="bootstrap once, start, seed (idempotent)")
@@ -86,7 +86,7 @@ def _stack_parser(sub, fmt) -> None:
     env = ss.add_parser(
         "env", formatter_class=fmt,
         help="print 'export OS_CLIENT_CONFIG_FILE=...' for the stack's clouds.yaml",
-    )  # fmt: skip
+    )
     env.set_defaults(func=_stack_env)
 
 
@@ -144,7 +144,7 @@ def _print_status(status: dict, *, as_json: bool) -> None:
             name, s["url"], str(s["pid"] or "-"),
             "[green]yes[/]" if s["healthy"] else "[red]no[/]",
             f"{s['startup_seconds']:.2f}" if s["startup_seconds"] else "-",
-        )  # fmt: skip
+        )
     out.print(t)
     if status.get("clouds_yaml"):
         out.print(f"clouds.yaml: {status['clouds_yaml']}  (byok stack env)")
@@ -158,11 +158,11 @@ def add_identity_args(p: argparse.ArgumentParser, *, default_user: str | None = 
     g.add_argument(
         "--as", dest="as_user", metavar="USER", default=default_user,
         help="a seeded user of the embedded stack (alice, carol, bob, cinder, nova, admin)",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--cloud", metavar="NAME",
         help="a cloud from clouds.yaml instead (devstack, production: OS_CLIENT_CONFIG_FILE)",
-    )  # fmt: skip
+    )
 
 
 def identity_from_args(args: argparse.Namespace):
@@ -192,7 +192,7 @@ def _key_parser(sub, fmt) -> None:
             "  byok key grant REF --to cinder --as alice --private\n"
             "  byok key show REF --as alice"
         ),
-    )  # fmt: skip
+    )
     ks = kp.add_subparsers(dest="action", metavar="ACTION")
     ks.required = True
     st = ks.add_parser("store", formatter_class=fmt, help="store a key, print its ref")
@@ -201,28 +201,28 @@ def _key_parser(sub, fmt) -> None:
     src.add_argument("--file", type=Path, help="raw key bytes (or passphrase text) from a file")
     src.add_argument("--generate", action="store_true", help="generate random key material")
     st.add_argument("--passphrase", action="store_true",
-                    help="store a passphrase secret instead of a symmetric AES key")  # fmt: skip
+                    help="store a passphrase secret instead of a symmetric AES key")
     st.add_argument("--bits", type=int, choices=(256, 512), default=512,
-                    help="AES key size (512 = AES-256-XTS, the default)")  # fmt: skip
+                    help="AES key size (512 = AES-256-XTS, the default)")
     st.add_argument("--name", default="byok-volume-key", help="secret name in Barbican")
     st.set_defaults(func=_key_store)
     sh = ks.add_parser("show", formatter_class=fmt,
-                       help="type, size, owner, consumers, fingerprint")  # fmt: skip
+                       help="type, size, owner, consumers, fingerprint")
     sh.add_argument("ref", metavar="REF", help="secret href or UUID")
     add_identity_args(sh)
     sh.add_argument("--json", action="store_true")
     sh.set_defaults(func=_key_show)
     for name, helptext in (("grant", "let a service user read this key (Barbican ACL)"),
-                           ("revoke", "remove a user from the key's ACL")):  # fmt: skip
+                           ("revoke", "remove a user from the key's ACL")):
         gp = ks.add_parser(name, formatter_class=fmt, help=helptext)
         gp.add_argument("ref", metavar="REF", help="secret href or UUID")
         gp.add_argument("--to" if name == "grant" else "--from", dest="target", required=True,
                         metavar="USER",
-                        help="user name (embedded stack) or Keystone user id")  # fmt: skip
+                        help="user name (embedded stack) or Keystone user id")
         add_identity_args(gp)
         if name == "grant":
             gp.add_argument("--private", action="store_true",
-                            help="also turn project access off (only you + ACL users)")  # fmt: skip
+                            help="also turn project access off (only you + ACL users)")
         gp.set_defaults(func=_key_acl, acl_action=name)
     dl = ks.add_parser("delete", formatter_class=fmt, help="delete the key (refused while in use)")
     dl.add_argument("ref", metavar="REF")
@@ -242,7 +242,7 @@ def _key_store(args: argparse.Namespace) -> int:
     ident = identity_from_args(args)
     if args.generate:
         raw = (pysecrets.token_urlsafe(32).encode() if args.passphrase
-               else os.urandom(args.bits // 8))  # fmt: skip
+               else os.urandom(args.bits // 8))
     else:
         raw = args.file.read_bytes()
     if not args.passphrase and len(raw) * 8 != args.bits:
@@ -255,7 +255,7 @@ def _key_store(args: argparse.Namespace) -> int:
         ref = api.store(Sensitive(raw), secret_type="passphrase", name=args.name)
     else:
         ref = api.store(Sensitive(raw), secret_type="symmetric", name=args.name,
-                        algorithm="aes", bit_length=args.bits, mode="xts")  # fmt: skip
+                        algorithm="aes", bit_length=args.bits, mode="xts")
     out.print(ref.href)
     return 0
 
@@ -313,7 +313,7 @@ def _key_acl(args: argparse.Namespace) -> int:
         users = [u for u in users if u != target]
     r.api.set_acl(ref, users=users, project_access=project_access)
     out.print(f"{args.acl_action}: read ACL of {ref.secret_id} is now users={users} "
-              f"project-access={project_access}")  # fmt: skip
+              f"project-access={project_access}")
     return 0
 
 
@@ -340,7 +340,7 @@ def _bench_parser(sub, fmt) -> None:
             "the ratio and its target. Runs on the embedded stack (started and stopped if\n"
             "needed) or on --cloud."
         ),
-    )  # fmt: skip
+    )
     bp.add_argument("which", choices=(*BENCHES, "all"), help="which benchmark")
     bp.add_argument("--n", type=int, default=30, help="samples per side (default 30)")
     bp.add_argument("--out", type=Path, help="write the JSON here as well as to stdout")
@@ -370,7 +370,137 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_REGISTRARS: list[Callable] = [_stack_parser, _key_parser, _bench_parser]
+# --- attach / detach ---------------------------------------------------------------------------
+
+
+def _attach_parser(sub, fmt) -> None:
+    ap = sub.add_parser(
+        "attach", formatter_class=fmt,
+        help="unlock a volume with a user's key through os-brick on real dm-crypt (UML guest)",
+        description=(
+            "Resolve the user's key, check the volume (never auto-format), and attach it with\n"
+            "os-brick's LUKS encryptor inside a User-Mode Linux guest with real dm-crypt.\n"
+            "Without --hold the session is: attach, optional --write/--read, detach.\n"
+            "With --hold the mapping stays open until 'byok detach VOLUME' (or Ctrl-C).\n\n"
+            "Examples:\n"
+            "  truncate -s 64M vol.img\n"
+            "  byok attach vol.img --key-ref REF --as alice --new --write 7:4M\n"
+            "  byok attach vol.img --key-ref REF --as alice --read 4M\n"
+            "  byok attach vol.img --key-ref OTHER --as alice      # exit 5: wrong key"
+        ),
+    )
+    ap.add_argument("volume", type=Path, help="volume image file (file-backed volume)")
+    ap.add_argument("--key-ref", required=True, help="the user's Barbican secret href or UUID")
+    add_identity_args(ap)
+    ap.add_argument("--provider", choices=("luks", "luks2"), default="luks2")
+    ap.add_argument("--new", action="store_true",
+                    help="the volume is new: format it if (and only if) it is entirely blank")
+    ap.add_argument("--write", metavar="SEED:SIZE", help="write a deterministic pattern")
+    ap.add_argument("--read", metavar="SIZE", help="print the sha256 of the first SIZE bytes")
+    ap.add_argument("--hold", action="store_true", help="keep attached until 'byok detach'")
+    ap.add_argument("--json", action="store_true")
+    ap.set_defaults(func=_attach)
+    dp = sub.add_parser("detach", formatter_class=fmt, help="end a 'byok attach --hold' session")
+    dp.add_argument("volume", type=Path)
+    dp.set_defaults(func=_detach)
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise UsageError(f"not a size: {text!r} (examples: 4096, 64M, 1G)") from None
+
+
+def _hold_file(volume: Path) -> Path:
+    from byok import paths
+
+    return paths.base_dir() / "run" / f"attach-{volume.resolve().as_posix().replace('/', '_')}"
+
+
+def _attach(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from byok import attach as hookmod
+
+    if not args.volume.exists():
+        raise UsageError(f"no such volume file: {args.volume}")
+    hook = hookmod.AttachHook(identity_from_args(args))
+    conn = hookmod.connection_info_for(args.volume.resolve())
+    v = hook.prepare(conn, {"key_ref": args.key_ref, "provider": args.provider},
+                     new_volume=args.new)
+    steps = [hookmod.attach_step(v, name="attach")]
+    if args.write:
+        seed, _, size = args.write.partition(":")
+        steps.append(hookmod.write_step(v, int(seed), _size(size or "4M"), name="write"))
+    release = threading.Event()
+    hold = _hold_file(args.volume)
+    if args.hold:
+        steps.append(hookmod.wait_step("detach"))
+    if args.read:
+        steps.append(hookmod.read_step(v, _size(args.read), name="read"))
+    steps.append(hookmod.detach_step(v, name="detach"))
+
+    def on_wait(token: str) -> None:
+        hold.parent.mkdir(parents=True, exist_ok=True)
+        hold.write_text(json.dumps({"pid": os.getpid(), "volume": str(args.volume.resolve())}))
+        err.print(f"attached {args.volume} at /dev/mapper/{v.mapper_name} (in the guest); "
+                  f"run 'byok detach {args.volume}' to release")
+        release.wait()
+
+    old = signal.signal(signal.SIGUSR1, lambda *_: release.set())
+    try:
+        run = hook.run([v], steps, on_wait=on_wait,
+                       progress=lambda s: err.print(f"[dim]… {s}[/]"))
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        hold.unlink(missing_ok=True)
+    hookmod.raise_for(run, {v.volume_id: v.path})
+    summary = {
+        "volume": str(args.volume), "state": v.state, "key": v.key.ref.secret_id,
+        "mapper": run.step("attach")["mapper"], "guest_seconds": round(run.seconds, 2),
+        "steps": {s["name"]: round(s["seconds"], 3) for s in run.steps},
+    }
+    for name in ("write", "read"):
+        if any(s["name"] == name for s in run.steps):
+            summary[f"{name}_sha256"] = run.step(name)["sha256"]
+    if args.json:
+        out.print_json(json.dumps(summary))
+    else:
+        for k, val in summary.items():
+            out.print(f"[bold]{k:>14}[/]  {val}")
+    return 0
+
+
+def _detach(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    hold = _hold_file(args.volume)
+    try:
+        pid = json.loads(hold.read_text())["pid"]
+    except (FileNotFoundError, ValueError, KeyError):
+        raise UsageError(
+            f"{args.volume} is not attached by a 'byok attach --hold' session"
+        ) from None
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        hold.unlink(missing_ok=True)
+        raise UsageError(
+            f"the session holding {args.volume} is gone (stale record removed)"
+        ) from None
+    out.print(f"detach requested from session {pid}")
+    return 0
+
+
+_REGISTRARS: list[Callable] = [_stack_parser, _key_parser, _bench_parser, _attach_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

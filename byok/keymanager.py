@@ -55,7 +55,7 @@ _byok_opts = [
                help="Seconds a per-credential Barbican client/session is reused (0 disables)."),
     cfg.IntOpt("session_cache_size", default=128, min=1,
                help="How many credentials' sessions are kept."),
-]  # fmt: skip
+]
 BYOK_GROUP = "byok"
 
 _volume: contextvars.ContextVar[str | None] = contextvars.ContextVar("byok_volume", default=None)
@@ -89,7 +89,7 @@ def configure(
         conf = cfg.ConfigOpts()
         conf([])
     options.set_defaults(conf, backend=backend, auth_endpoint=auth_url,
-                         barbican_endpoint=barbican_endpoint)  # fmt: skip
+                         barbican_endpoint=barbican_endpoint)
     return conf
 
 
@@ -118,13 +118,13 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
                 context.user_domain_id, context.user_domain_name, context.project_id,
                 context.project_name, context.project_domain_id, context.project_domain_name,
                 context.domain_id, context.domain_name, context.trust_id,
-            )  # fmt: skip
+            )
         elif isinstance(context, keystone_token.KeystoneToken):
             secret = context.token or ""
             parts = (
                 "tok", context.auth_url, context.project_id, context.project_name,
                 context.project_domain_id, context.project_domain_name, context.trust_id,
-            )  # fmt: skip
+            )
         elif isinstance(context, oslo_context.RequestContext) and not hasattr(
             context, "get_auth_plugin"
         ):
@@ -224,7 +224,7 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
                     if volume:
                         self.add_consumer(context, source_id, self._consumer(volume))
                     LOG.info("byok: storing user-owned key %s again returns it (shared, not "
-                             "copied)", source_id)  # fmt: skip
+                             "copied)", source_id)
                     return source_id
         with quiet_http_logs():  # the POST body carries the key
             new_id = super().store(context, managed_object, expiration=expiration)
@@ -244,9 +244,9 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
                 self.remove_consumer(context, managed_object_id, self._consumer(volume))
             except cexc.KeyManagerError as e:
                 LOG.warning("byok: could not remove consumer of volume %s from %s: %s",
-                            volume, managed_object_id, e)  # fmt: skip
+                            volume, managed_object_id, e)
         LOG.info("byok: not deleting user-owned key %s (volume %s released it)",
-                 managed_object_id, volume or "unknown")  # fmt: skip
+                 managed_object_id, volume or "unknown")
         return None
 
     def list_options_for_discovery(self):

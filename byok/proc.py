@@ -219,15 +219,17 @@ def start(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     pass_fds: Sequence[int] = (),
+    interactive: bool = False,
 ) -> subprocess.Popen:
     """Start a command and return at once (used where the caller must watch or kill it mid-way,
-    for example crash injection). stdout/stderr are pipes; stdin gets ``input`` then closes."""
+    for example crash injection). stdout/stderr are pipes; stdin gets ``input`` then closes,
+    unless ``interactive``, where stdin stays an open pipe for the caller."""
     args = _check_argv(argv)
     args[0] = which(args[0])
     LOG.debug("start: %s", shlex.join(args))
     proc = subprocess.Popen(
         args,
-        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdin=subprocess.PIPE if input is not None or interactive else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(env) if env is not None else None,
@@ -239,7 +241,8 @@ def start(
         data = input.reveal() if isinstance(input, Sensitive) else input
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write(data)
-        proc.stdin.close()
+        if not interactive:
+            proc.stdin.close()
     return proc
 
 
@@ -313,6 +316,20 @@ def pid_cwd(pid: int) -> Path | None:
         return Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
         return None
+
+
+@contextlib.contextmanager
+def secret_outfile(name: str = "secret") -> Iterator[Path]:
+    """A path in a fresh 0700 directory on tmpfs (/dev/shm) for a program that insists on
+    *creating* its secret output file; the directory is removed on exit, whatever happens."""
+    import tempfile
+
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - RAM, private dir
+    d = Path(tempfile.mkdtemp(prefix="byok-", dir=base))
+    try:
+        yield d / name
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @contextlib.contextmanager

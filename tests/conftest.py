@@ -99,7 +99,7 @@ def make_key(barbican):
             raw = kw.pop("payload", os.urandom(bits // 8))
             args = {"algorithm": "aes", "bit_length": bits, "mode": "xts"} | kw
             ref = api.store(Sensitive(raw), secret_type=args.pop("secret_type", "symmetric"),
-                            name=f"t-{kind}", **args)  # fmt: skip
+                            name=f"t-{kind}", **args)
         return ref, raw
 
     return make

@@ -24,7 +24,7 @@ def run(identity: Identity, *, n: int = 30) -> dict:
 
     resolver = Resolver(identity)
     ref = resolver.api.store(Sensitive(os.urandom(64)), secret_type="symmetric",
-                             name="bench-resolve", algorithm="aes", bit_length=512)  # fmt: skip
+                             name="bench-resolve", algorithm="aes", bit_length=512)
     try:
         km = key_manager.API(configure(auth_url=identity.auth_url, backend="barbican"))
         ctx = identity.castellan_context()

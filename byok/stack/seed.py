@@ -43,13 +43,13 @@ def bootstrap_keystone(cfg: StackConfig, admin_password: str) -> None:
             [*km, "fernet_setup", "--keystone-user", str(os.getuid()),
              "--keystone-group", str(os.getgid())],
             env=env, timeout=120, what="keystone-manage fernet_setup",
-        )  # fmt: skip
+        )
     if not any((kdir / "credential-keys").iterdir()):
         proc.run(
             [*km, "credential_setup", "--keystone-user", str(os.getuid()),
              "--keystone-group", str(os.getgid())],
             env=env, timeout=120, what="keystone-manage credential_setup",
-        )  # fmt: skip
+        )
     # The admin password travels in the environment (keystone-manage reads
     # OS_BOOTSTRAP_PASSWORD), never in argv.
     proc.run(
@@ -64,7 +64,7 @@ def bootstrap_keystone(cfg: StackConfig, admin_password: str) -> None:
          "--bootstrap-public-url", cfg.keystone_url],
         env=env | {"OS_BOOTSTRAP_PASSWORD": admin_password},
         timeout=180, what="keystone-manage bootstrap",
-    )  # fmt: skip
+    )
 
 
 def seed_identities(cfg: StackConfig, passwords: dict[str, str]) -> dict[str, str]:

@@ -131,7 +131,7 @@ class Server:
             "--chdir", str(self.spec.workdir),
             "--worker-tmp-dir", "/dev/shm",  # noqa: S108 - gunicorn heartbeat files, tmpfs
             self.spec.app,
-        ]  # fmt: skip
+        ]
         env = _base_env() | self.spec.env
         with contextlib.suppress(FileNotFoundError):
             self.log.rename(self.log.with_suffix(".log.1"))

@@ -81,7 +81,7 @@ def test_no_key_bytes_in_debug_logs_errors_or_cli_output(stack, identities, make
             [sys.executable, "-m", "byok.cli", "--debug", "key", "show", ref_pass.href,
              "--as", "alice"],
             capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        )
         assert cli.returncode == 0, cli.stderr
         texts += [cli.stdout, cli.stderr]
     finally:

@@ -83,7 +83,7 @@ def test_expired_secret_is_refused(resolver, barbican):
 
     soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
     ref = barbican("alice").store(Sensitive(os.urandom(64)), secret_type="symmetric", name="exp",
-                                  algorithm="aes", bit_length=512, expiration=soon)  # fmt: skip
+                                  algorithm="aes", bit_length=512, expiration=soon)
     time.sleep(3)
     with pytest.raises((KeyTypeMismatch, KeyNotFound)):
         resolver("alice").resolve(ref)
@@ -149,7 +149,7 @@ def test_delete_of_user_owned_key_keeps_it_and_drops_the_volume_consumer(
     ref, raw = make_key("alice")
     ctx = identities("alice").castellan_context()
     km.add_consumer(ctx, ref.secret_id, {"service": "cinder", "resource_type": "volume",
-                                         "resource_id": "vol-x"})  # fmt: skip
+                                         "resource_id": "vol-x"})
     with volume_scope("vol-x"):
         km.delete(ctx, ref.secret_id)
     assert keys.Resolver(identities("alice")).resolve(ref).payload.reveal() == raw
@@ -157,7 +157,7 @@ def test_delete_of_user_owned_key_keeps_it_and_drops_the_volume_consumer(
 
 
 def test_clone_encryption_key_shares_a_user_key_instead_of_copying(km, identities, make_key,
-                                                                    barbican):  # fmt: skip
+                                                                    barbican):
     ref, _ = make_key("alice")
     ctx = identities("alice").castellan_context()
     before = barbican("alice").count_secrets()

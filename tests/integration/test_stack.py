@@ -89,7 +89,7 @@ def test_bob_is_denied_and_acl_opens_exactly_one_secret_to_cinder(stack, identit
     refs = []
     for name in ("acl-one", "acl-other"):
         s = bc.secrets.create(name=name, payload=os.urandom(32), secret_type="symmetric",
-                              algorithm="aes", bit_length=256, mode="xts")  # fmt: skip
+                              algorithm="aes", bit_length=256, mode="xts")
         refs.append(s.store())
     one, other = refs
     assert _raw_status(alice, one) == 200
@@ -111,7 +111,7 @@ def test_carol_same_project_reads_unless_project_access_is_off(stack, identities
     alice, carol = identities("alice"), identities("carol")
     bc = bclient.Client(session=alice.session)
     ref = bc.secrets.create(name="carol-test", payload=os.urandom(32), secret_type="symmetric",
-                            algorithm="aes", bit_length=256).store()  # fmt: skip
+                            algorithm="aes", bit_length=256).store()
     assert _raw_status(carol, ref) == 200  # Barbican default: project-readable
     bc.acls.create(entity_ref=ref, users=[], project_access=False).submit()
     assert _raw_status(carol, ref) == 403
@@ -154,7 +154,7 @@ def test_server_that_dies_during_startup_gives_log_tail_and_leaves_nothing(tmp_p
     work = tmp_path / "w"
     work.mkdir()
     spec = ServerSpec(name="broken", app="no_such_module:application", port=free_port(),
-                      host="127.0.0.1", workdir=work, env={})  # fmt: skip
+                      host="127.0.0.1", workdir=work, env={})
     srv = Server(spec, tmp_path / "run")
     with pytest.raises(StackError) as ei:
         srv.start(timeout=30)
@@ -169,7 +169,7 @@ def test_interrupted_bootstrap_is_finished_by_the_next_up(tmp_path):
     ports = ["--keystone-port", str(free_port()), "--barbican-port", str(free_port())]
     byok = [sys.executable, "-m", "byok.cli", "stack", "--state-dir", str(state)]
     p = subprocess.Popen([*byok, "up", *ports], start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sqlite = state / "keystone" / "keystone.sqlite"
     deadline = time.monotonic() + 60
     while not sqlite.exists() and time.monotonic() < deadline:

@@ -22,7 +22,7 @@ def info(**kw) -> SecretInfo:
         ref=REF, secret_type="symmetric", algorithm="aes", bit_length=512, mode="xts",
         name="k", status="ACTIVE", expiration=None, creator_id="u",
         content_type="application/octet-stream",
-    )  # fmt: skip
+    )
     base.update(kw)
     return SecretInfo(**base)
 

@@ -1,0 +1,354 @@
+"""Runs inside the UML guest (as its only program): executes a job's steps on real dm-crypt.
+
+Invoked by ``guest_init.sh`` as ``python -m byok.guest_agent JOB_DEV RESULT_DEV``. The job
+(steps, disks, key material) is read from a block device backed by a host memfd; the result is
+written to another. Steps run in order; each records ``ok``, timing and its outputs; a failing
+step records the error (type, message, exit code) and, unless ``continue_on_error``, ends the
+job. Nothing here talks to Keystone or Barbican: keys were resolved on the host by the hook,
+and reach os-brick through :class:`PreResolvedKeyManager`.
+
+Step ops: ``osbrick_attach``, ``osbrick_detach`` (os-brick encryptors, with or without byok's
+format guard), ``cryptsetup_open``/``cryptsetup_close`` (bare cryptsetup, for comparison),
+``write``/``sha256`` (deterministic patterns through a device), ``wait`` (pause until the host
+answers), ``parallel_open`` (N concurrent opens with a memory sampler), ``dm_slices`` (carve one
+disk into linear dm devices), ``meminfo``, ``shell``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from byok.pattern import pattern_chunks
+
+MAPPER = "/dev/mapper"
+
+
+class FormatRefused(Exception):
+    """byok's guard stopped os-brick from running luksFormat on a device."""
+
+
+def _read_job(dev: str) -> dict:
+    with open(dev, "rb") as f:
+        (n,) = struct.unpack(">Q", f.read(8))
+        return json.loads(f.read(n))
+
+
+def _write_result(dev: str, doc: dict) -> None:
+    data = json.dumps(doc).encode()
+    with open(dev, "r+b", buffering=0) as f:
+        f.write(struct.pack(">Q", len(data)) + data)
+        os.fsync(f.fileno())
+
+
+def _drop_caches() -> None:
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            out[k] = int(v.split()[0])
+    return out
+
+
+class PreResolvedKeyManager:
+    """A castellan key manager that serves the one key the host already resolved.
+
+    Not a fake of Barbican: the host resolved the key through byok's resolver/castellan backend
+    against the real Barbican; the guest has no network, so the resolved castellan object is
+    handed over and this class returns it when os-brick calls ``get`` — exactly as a compute
+    host's key manager would after its own Barbican round trip.
+    """
+
+    def __init__(self, obj: Any, key_id: str) -> None:
+        self.obj = obj
+        self.key_id = key_id
+        self.calls = 0
+
+    def get(self, context: Any, managed_object_id: str, metadata_only: bool = False) -> Any:
+        self.calls += 1
+        if managed_object_id != self.key_id:
+            raise KeyError(managed_object_id)
+        return self.obj
+
+
+class Agent:
+    def __init__(self, job: dict) -> None:
+        self.job = job
+        self.secrets = {k: bytes.fromhex(v) for k, v in job.get("secrets", {}).items()}
+        self.disks = {d["name"]: d for d in job.get("disks", [])}
+        self.encryptors: dict[str, Any] = {}
+        for d in self.disks.values():
+            self._connect(d)
+
+    @staticmethod
+    def _connect(disk: dict) -> None:
+        """Point the volume's /dev link at its block device, as os-brick's connector does on
+        every connect (the encryptor re-points it at /dev/mapper on attach)."""
+        if disk.get("link"):
+            os.makedirs(os.path.dirname(disk["link"]), exist_ok=True)
+            if os.path.lexists(disk["link"]):
+                os.unlink(disk["link"])
+            os.symlink(disk["dev"], disk["link"])
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _path(self, step: dict) -> str:
+        if "path" in step:
+            return step["path"]
+        if "mapper" in step:
+            return f"{MAPPER}/{step['mapper']}"
+        return self.disks[step["disk"]]["dev"]
+
+    def _key_object(self, step: dict) -> Any:
+        from castellan.common.objects import passphrase, symmetric_key
+
+        raw = self.secrets[step["key"]]
+        if step.get("secret_type") == "passphrase":
+            return passphrase.Passphrase(raw, id=step.get("key_id", step["key"]))
+        return symmetric_key.SymmetricKey("AES", len(raw) * 8, raw,
+                                          id=step.get("key_id", step["key"]))
+
+    # -- ops -----------------------------------------------------------------------------------
+    def op_osbrick_attach(self, step: dict) -> dict:
+        from os_brick import encryptors
+        from oslo_concurrency import processutils
+
+        disk = self.disks[step["disk"]]
+        self._connect(disk)
+        link = disk.get("link") or disk["dev"]
+        key_id = step.get("key_id", step["key"])
+        keymgr = PreResolvedKeyManager(self._key_object(step), key_id)
+        commands: list[list[str]] = []
+        guard = step.get("guard", True)
+        allow_format = step.get("allow_format", False)
+
+        def execute(*cmd, **kw):
+            argv = [str(c) for c in cmd]
+            commands.append(argv)
+            if guard and "luksFormat" in argv and not allow_format:
+                raise FormatRefused(
+                    f"os-brick tried to luksFormat {argv[-1]}; byok's guard refused"
+                )
+            kw.pop("root_helper", None)
+            kw.pop("run_as_root", None)
+            return processutils.execute(*argv, **kw)
+
+        conn = {
+            "driver_volume_type": "byok-ubd",
+            "data": {"device_path": link, "volume_id": step["disk"]},
+        }
+        enc = encryptors.get_volume_encryptor(
+            root_helper=None,
+            connection_info=conn,
+            keymgr=keymgr,
+            execute=execute,
+            control_location="front-end",
+            provider=step.get("provider", "luks2"),
+            encryption_key_id=key_id,
+        )
+        kwargs = {}
+        if step.get("cipher"):
+            kwargs["cipher"] = step["cipher"]
+        if step.get("key_size"):
+            kwargs["key_size"] = str(step["key_size"])
+        try:
+            enc.attach_volume(None, **kwargs)
+        except processutils.ProcessExecutionError as e:
+            raise RuntimeError(
+                json.dumps({"exit_code": e.exit_code, "cmd": (e.cmd or "")[:200],
+                            "stderr": (e.stderr or "")[-300:], "commands": commands})
+            ) from None
+        except FormatRefused as e:
+            raise FormatRefused(json.dumps({"message": str(e), "commands": commands})) from None
+        self.encryptors[step["disk"]] = enc
+        return {
+            "mapper": f"{MAPPER}/{enc.dev_name}",
+            "symlink_target": os.path.realpath(link),
+            "commands": commands,
+            "formatted": any("luksFormat" in c for c in commands),
+            "keymgr_calls": keymgr.calls,
+        }
+
+    def op_osbrick_detach(self, step: dict) -> dict:
+        enc = self.encryptors.pop(step["disk"])
+        enc.detach_volume()
+        return {"closed": enc.dev_name}
+
+    def op_cryptsetup_open(self, step: dict) -> dict:
+        r = subprocess.run(
+            ["cryptsetup", "luksOpen", "--key-file=-", self._path(step), step["name"]],
+            input=self.secrets[step["key"]], capture_output=True, timeout=600,
+        )
+        if r.returncode:
+            raise RuntimeError(json.dumps({"exit_code": r.returncode,
+                                           "stderr": r.stderr.decode()[-300:]}))
+        return {"mapper": f"{MAPPER}/{step['name']}"}
+
+    def op_cryptsetup_close(self, step: dict) -> dict:
+        subprocess.run(["cryptsetup", "close", step["name"]], check=True, timeout=120)
+        return {}
+
+    def op_write(self, step: dict) -> dict:
+        h = hashlib.sha256()
+        fd = os.open(self._path(step), os.O_WRONLY)
+        try:
+            os.lseek(fd, step.get("offset", 0), os.SEEK_SET)
+            for chunk in pattern_chunks(step["seed"], step["size"]):
+                h.update(chunk)
+                os.write(fd, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return {"sha256": h.hexdigest(), "bytes": step["size"]}
+
+    def op_sha256(self, step: dict) -> dict:
+        _drop_caches()
+        h = hashlib.sha256()
+        left = step["size"]
+        with open(self._path(step), "rb", buffering=0) as f:
+            f.seek(step.get("offset", 0))
+            while left > 0:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                h.update(chunk)
+                left -= len(chunk)
+        return {"sha256": h.hexdigest(), "bytes": step["size"] - left}
+
+    def op_wait(self, step: dict) -> dict:
+        print(f"BYOK-WAIT {step['token']}", flush=True)
+        answer = sys.stdin.readline().strip()
+        return {"answer": answer}
+
+    def op_meminfo(self, step: dict) -> dict:
+        return meminfo()
+
+    def op_dm_slices(self, step: dict) -> dict:
+        dev = self._path(step)
+        sectors = step["size"] // 512
+        names = []
+        for i in range(step["count"]):
+            name = f"{step.get('prefix', 'slice')}{i}"
+            table = f"0 {sectors} linear {dev} {i * sectors}"
+            subprocess.run(["dmsetup", "create", name, "--table", table], check=True, timeout=60)
+            names.append(name)
+        return {"slices": names}
+
+    def op_parallel_open(self, step: dict) -> dict:
+        """Open N devices concurrently with the same key; sample memory every 20 ms."""
+        key = self.secrets[step["key"]]
+        devices = step["devices"]
+        base = meminfo()
+        used_peak = [0]
+        stop = threading.Event()
+
+        def sampler() -> None:
+            while not stop.is_set():
+                m = meminfo()
+                used = base["MemAvailable"] - m["MemAvailable"]
+                used_peak[0] = max(used_peak[0], used)
+                time.sleep(0.02)
+
+        th = threading.Thread(target=sampler, daemon=True)
+        th.start()
+        t0 = time.monotonic()
+        procs = []
+        for i, dev in enumerate(devices):
+            p = subprocess.Popen(
+                ["cryptsetup", "luksOpen", "--key-file=-", dev, f"par{i}"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            procs.append((p, time.monotonic()))
+        for p, _ in procs:
+            assert p.stdin is not None
+            p.stdin.write(key)
+            p.stdin.close()
+        latencies, failures = [], []
+        for i, (p, started) in enumerate(procs):
+            _, err = p.communicate(timeout=900)
+            latencies.append(time.monotonic() - started)
+            if p.returncode:
+                failures.append({"i": i, "exit_code": p.returncode,
+                                 "stderr": err.decode()[-200:]})
+        wall = time.monotonic() - t0
+        stop.set()
+        th.join()
+        for i, (p, _) in enumerate(procs):
+            if p.returncode == 0:
+                subprocess.run(["cryptsetup", "close", f"par{i}"], timeout=120)
+        return {
+            "n": len(devices),
+            "latencies": latencies,
+            "wall_seconds": wall,
+            "failures": failures,
+            "peak_used_kib": used_peak[0],
+            "mem_total_kib": base["MemTotal"],
+        }
+
+    def op_shell(self, step: dict) -> dict:
+        r = subprocess.run(step["argv"], capture_output=True, timeout=step.get("timeout", 300))
+        return {"exit_code": r.returncode, "stdout": r.stdout.decode(errors="replace")[-2000:],
+                "stderr": r.stderr.decode(errors="replace")[-2000:]}
+
+    # -- loop ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        results = []
+        for i, step in enumerate(self.job.get("steps", [])):
+            op = step["op"]
+            name = step.get("name", f"{i}:{op}")
+            print(f"BYOK-STEP {name}", flush=True)
+            t0 = time.monotonic()
+            rec: dict[str, Any] = {"name": name, "op": op}
+            try:
+                rec.update(getattr(self, f"op_{op}")(step))
+                rec["ok"] = True
+            except Exception as e:  # recorded for the host, which maps it to typed errors
+                rec["ok"] = False
+                rec["error"] = type(e).__name__
+                msg = str(e)
+                try:
+                    rec["detail"] = json.loads(msg)
+                except ValueError:
+                    rec["message"] = msg[-500:]
+            rec["seconds"] = time.monotonic() - t0
+            results.append(rec)
+            if not rec["ok"] and not step.get("continue_on_error", False):
+                break
+        # Leave nothing open: close whatever an aborted job attached.
+        for disk, enc in list(self.encryptors.items()):
+            try:
+                enc.detach_volume()
+            except Exception:  # noqa: S110 - best effort at shutdown, the guest powers off next
+                pass
+            self.encryptors.pop(disk, None)
+        return {"steps": results, "uname": os.uname().release}
+
+
+def main(argv: list[str]) -> int:
+    job_dev, result_dev = argv[1], argv[2]
+    try:
+        job = _read_job(job_dev)
+        doc = Agent(job).run()
+    except Exception:
+        doc = {"fatal": traceback.format_exc()[-2000:]}
+    _write_result(result_dev, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,54 @@
+"""Independent readers of LUKS volumes, to show byok's volumes are ordinary LUKS.
+
+* Nova's native path decrypts in QEMU with the same passphrase os-brick derives; qemu 7.2 reads
+  LUKS1 only (``qemu-img convert`` with a ``secret`` object read from an inherited fd).
+* LUKS2 (and LUKS1) are read by ``dissect.fve``, a pure-Python implementation unrelated to
+  cryptsetup.
+Both return the SHA-256 of the first ``size`` plaintext bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from byok import proc
+from byok.errors import CommandFailed, WrongKey
+from byok.sensitive import Sensitive
+
+
+def qemu_sha256(path: Path, passphrase: Sensitive, size: int) -> str:
+    """Plaintext SHA-256 via qemu-img's LUKS driver (LUKS1)."""
+    with proc.secret_fd(passphrase, "byok-qemu-secret") as (fd, fd_path), \
+            tempfile.TemporaryDirectory(prefix="byok-qemu-") as tmp:
+        out = Path(tmp) / "plain.raw"
+        res = proc.run(
+            ["qemu-img", "convert", "--object", f"secret,id=sec0,file={fd_path}",
+             "--image-opts", f"driver=luks,key-secret=sec0,file.filename={path}",
+             "-O", "raw", str(out)],
+            pass_fds=(fd,), check=False, timeout=300, what="qemu-img convert",
+        )
+        if res.returncode != 0:
+            if "Invalid password" in res.err:
+                raise WrongKey(f"qemu: no keyslot of {path.name} opens with this passphrase")
+            raise CommandFailed(f"qemu-img could not read {path.name}: {res.tail(2)}")
+        h = hashlib.sha256()
+        with open(out, "rb") as f:
+            h.update(f.read(size))
+        return h.hexdigest()
+
+
+def dissect_sha256(path: Path, passphrase: Sensitive, size: int) -> str:
+    """Plaintext SHA-256 via dissect.fve (LUKS1 and LUKS2, pure Python)."""
+    from dissect.fve.luks import LUKS
+
+    with open(path, "rb") as f:
+        volume = LUKS(f)
+        try:
+            volume.unlock_with_passphrase(passphrase.reveal())
+        except ValueError as e:
+            raise WrongKey(f"dissect.fve: {e}") from None
+        stream = volume.open()
+        stream.seek(0)
+        return hashlib.sha256(stream.read(size)).hexdigest()

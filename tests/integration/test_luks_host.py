@@ -1,0 +1,142 @@
+"""LUKS operations on plain files on the host (no device-mapper): real cryptsetup (issue 5,
+item 2), the PBKDF policies as they land in the header, and our header parser against
+cryptsetup's own view."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from byok import luks, luksheader
+from byok.errors import HeaderCorrupt, NotLuks, VolumeError, WrongKey
+from byok.sensitive import Sensitive
+
+
+def key() -> Sensitive:
+    return Sensitive(os.urandom(64).hex())
+
+
+@pytest.fixture
+def vol(tmp_path):
+    def make(name="v", size=32 << 20):
+        p = tmp_path / f"{name}.img"
+        with open(p, "wb") as f:
+            f.truncate(size)
+        return p
+
+    return make
+
+
+@pytest.mark.parametrize("luks_type", ["luks1", "luks2"])
+def test_keyslot_lifecycle_on_a_file(vol, luks_type):
+    p = vol()
+    k1, k2, k3 = key(), key(), key()
+    info = luks.format(p, k1, luks_type=luks_type)
+    assert info.version == int(luks_type[-1]) and info.active_slots == [0]
+    assert info.cipher == "aes-xts-plain64" and info.key_bits == 512
+    assert luks.test_key(p, k1) == 0
+    with pytest.raises(WrongKey):
+        luks.test_key(p, k2)
+    assert luks.add_key(p, k1, k2) == 1
+    assert luks.add_key(p, k2, k3, slot=5) == 5
+    assert luks.dump(p).active_slots == [0, 1, 5]
+    luks.remove_key(p, k1)
+    assert luks.dump(p).active_slots == [1, 5]
+    with pytest.raises(WrongKey):
+        luks.test_key(p, k1)
+    luks.kill_slot(p, 5, authorising=k2)
+    assert luks.dump(p).active_slots == [1]
+    k4 = key()
+    luks.change_key(p, k2, k4)
+    assert luks.test_key(p, k4) >= 0
+    with pytest.raises(WrongKey):
+        luks.test_key(p, k2)
+    vk1 = luks.volume_key(p, k4)
+    assert len(vk1) == 64  # the volume key never changed through all of this
+
+
+@pytest.mark.parametrize("luks_type", ["luks1", "luks2"])
+def test_format_refuses_an_existing_luks_volume_and_keeps_its_key(vol, luks_type):
+    p = vol()
+    k = key()
+    luks.format(p, k, luks_type=luks_type)
+    vk = luks.volume_key(p, k)
+    with pytest.raises(VolumeError, match="already carries a LUKS header"):
+        luks.format(p, key(), luks_type=luks_type)
+    assert luks.volume_key(p, k) == vk
+
+
+@pytest.mark.parametrize("luks_type", ["luks1", "luks2"])
+def test_header_backup_restores_a_zeroed_header(vol, tmp_path, luks_type):
+    p = vol()
+    k = key()
+    luks.format(p, k, luks_type=luks_type)
+    backup = luks.header_backup(p, tmp_path / "hdr.bak")
+    with pytest.raises(VolumeError, match="already exists"):
+        luks.header_backup(p, backup)
+    with open(p, "r+b") as f:
+        f.write(b"\0" * (64 << 10))  # primary and secondary LUKS2 headers, LUKS1 header
+    with pytest.raises((NotLuks, HeaderCorrupt)):
+        luks.test_key(p, k)
+    luks.header_restore(p, backup)
+    assert luks.test_key(p, k) == 0
+
+
+def test_not_luks_and_damaged_luks_are_told_apart(vol):
+    blank = vol("blank")
+    with pytest.raises(NotLuks):
+        luks.test_key(blank, key())
+    p = vol("damaged")
+    k = key()
+    luks.format(p, k, luks_type="luks2")
+    with open(p, "r+b") as f:
+        f.seek(4096 + 100)
+        f.write(b"garbage!")  # JSON area of the primary header: checksum fails
+        f.seek((16 << 10) + 4096 + 100)
+        f.write(b"garbage!")  # and of the secondary
+    with pytest.raises(HeaderCorrupt):
+        luks.test_key(p, k)
+
+
+def test_pbkdf_policies_land_in_the_header(vol):
+    p = vol("m")
+    luks.format(p, key(), policy="machine-key")
+    slot = luks.dump(p).keyslots[0]
+    assert slot["kdf"] == "pbkdf2" and slot["iterations"] == 1000
+    q = vol("h")
+    luks.format(q, Sensitive("correct horse battery staple"), policy="passphrase")
+    slot = luks.dump(q).keyslots[0]
+    assert slot["kdf"] == "argon2id" and slot["memory_kib"] == 131072 and slot["time"] == 4
+    assert luks.policy_for("symmetric").name == "machine-key"
+    assert luks.policy_for("passphrase").name == "passphrase"
+
+
+@pytest.mark.parametrize(
+    ("luks_type", "sector", "bits"),
+    [("luks1", None, 256), ("luks1", None, 512), ("luks2", 512, 512), ("luks2", 4096, 256)],
+)
+def test_our_parser_agrees_with_cryptsetup(vol, luks_type, sector, bits):
+    p = vol()
+    k = key()
+    luks.format(p, k, luks_type=luks_type, sector_size=sector, key_bits=bits)
+    luks.add_key(p, k, key(), slot=3)
+    ours = luksheader.read(str(p))
+    theirs = luks.dump(p)
+    assert ours.version == theirs.version and ours.uuid == theirs.uuid
+    assert ours.cipher == theirs.cipher and ours.key_bytes * 8 == bits
+    assert ours.segment.offset == theirs.data_offset
+    assert ours.segment.sector_size == theirs.sector_size
+    assert ours.active_slots == theirs.active_slots == [0, 3]
+
+
+def test_detached_header(vol, tmp_path):
+    data = vol("data")
+    hdr = tmp_path / "hdr.img"
+    with open(hdr, "wb") as f:
+        f.truncate(16 << 20)
+    k = key()
+    info = luks.format(data, k, header=hdr)
+    assert info.data_offset == 0  # all of the data device is ciphertext
+    assert luks.test_key(data, k, header=hdr) == 0
+    assert not luks.is_luks(data)
