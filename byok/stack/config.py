@@ -7,6 +7,7 @@ generated once and reused by every ``up``, so restarting never invalidates a sto
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,6 +91,9 @@ class StackConfig:
         """Settings of the stack in ``state_dir``; ports given here override saved ones."""
         state_dir = (state_dir or paths.stack_dir()).resolve()
         cfg = cls(state_dir=state_dir)
+        # Environment defaults (e.g. to run a second checkout's tests beside a running stack).
+        cfg.keystone_port = int(os.environ.get("BYOK_KEYSTONE_PORT", cfg.keystone_port))
+        cfg.barbican_port = int(os.environ.get("BYOK_BARBICAN_PORT", cfg.barbican_port))
         if cfg.settings_file.exists():
             try:
                 data = json.loads(cfg.settings_file.read_text())
