@@ -34,6 +34,7 @@ from byok.guest import Disk, Guest, GuestRun
 from byok.identity import Identity
 from byok.keys import KeyMaterial
 from byok.sensitive import Sensitive
+from byok.sparse import is_blank
 
 PROVIDER_TO_TYPE = {"luks": "luks1", "luks2": "luks2"}
 
@@ -91,33 +92,6 @@ class PreparedVolume:
 
 
 # --- the blank check and the guard ------------------------------------------------------------
-
-
-def is_blank(path: Path, chunk: int = 1 << 20) -> bool:
-    """True if every byte of ``path`` is zero (holes are skipped via SEEK_DATA)."""
-    zero = bytes(chunk)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            size = os.lseek(fd, 0, os.SEEK_END)  # block devices
-        pos = 0
-        while pos < size:
-            try:
-                pos = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                return True  # no more data: the rest is a hole
-            hole = os.lseek(fd, pos, os.SEEK_HOLE)
-            while pos < hole:
-                data = os.pread(fd, min(chunk, hole - pos), pos)
-                if not data:
-                    break
-                if data != zero[: len(data)]:
-                    return False
-                pos += len(data)
-        return True
-    finally:
-        os.close(fd)
 
 
 def looks_like_overwritten_luks1(path: Path) -> bool:

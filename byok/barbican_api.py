@@ -139,15 +139,21 @@ class BarbicanAPI:
             if code in (401, 403):
                 raise KeyAccessDenied(
                     f"{self.identity.name} may not {what}{subject} (HTTP {code}: {detail})",
-                    hint="the secret's owner can grant access: byok key grant REF --to USER",
+                    hint="the secret's owner can grant access: byok key grant REF --to USER"
+                    if ref else "this identity needs the member role in its project",
                 )
             if code == 404:
                 raise KeyNotFound(
                     f"secret{subject} not found at {self.endpoint} (deleted, expired, "
                     f"or invisible to {self.identity.name})"
                 )
-            if code == 409:
-                raise SecretConflict(f"Barbican refused to {what}{subject}: {detail}")
+            if code == 409 or (code == 400 and "consumers" in detail):
+                # Barbican 23 answers 400 "Secret cannot be deleted as it has consumers".
+                raise SecretConflict(
+                    f"Barbican refused to {what}{subject}: {detail}",
+                    hint="volumes still use it; delete them first, or force (byok key delete "
+                    "--force) knowing those volumes can then only be recovered offline",
+                )
             raise ByokError(f"Barbican answered HTTP {code} to {what}{subject}: {detail}")
 
         retrying = tenacity.Retrying(

@@ -389,8 +389,8 @@ def _attach_parser(sub, fmt) -> None:
             "  byok attach vol.img --key-ref OTHER --as alice      # exit 5: wrong key"
         ),
     )
-    ap.add_argument("volume", type=Path, help="volume image file (file-backed volume)")
-    ap.add_argument("--key-ref", required=True, help="the user's Barbican secret href or UUID")
+    ap.add_argument("volume", type=Path, help="a pool volume id or a volume image file")
+    ap.add_argument("--key-ref", help="the user's key (default: the pool volume's key)")
     add_identity_args(ap)
     ap.add_argument("--provider", choices=("luks", "luks2"), default="luks2")
     ap.add_argument("--new", action="store_true",
@@ -429,12 +429,20 @@ def _attach(args: argparse.Namespace) -> int:
 
     from byok import attach as hookmod
 
-    if not args.volume.exists():
-        raise UsageError(f"no such volume file: {args.volume}")
+    svc = None
+    if not args.volume.exists():  # a pool volume id
+        svc = _volume_service(args, with_service=False)
+        conn, enc, new = svc.attach_args(str(args.volume), args.key_ref)
+        args.new = args.new or new
+    else:
+        if not args.key_ref:
+            raise UsageError("give --key-ref (the user's key reference)")
+        conn = hookmod.connection_info_for(args.volume.resolve())
+        enc = {"key_ref": args.key_ref, "provider": args.provider}
     hook = hookmod.AttachHook(identity_from_args(args))
-    conn = hookmod.connection_info_for(args.volume.resolve())
-    v = hook.prepare(conn, {"key_ref": args.key_ref, "provider": args.provider},
-                     new_volume=args.new)
+    v = hook.prepare(conn, enc, new_volume=args.new)
+    if svc is not None and v.state == "formatted":
+        svc.mark_formatted(v.volume_id)
     steps = [hookmod.attach_step(v, name="attach")]
     if args.write:
         seed, _, size = args.write.partition(":")
@@ -500,7 +508,270 @@ def _detach(args: argparse.Namespace) -> int:
     return 0
 
 
-_REGISTRARS: list[Callable] = [_stack_parser, _key_parser, _bench_parser, _attach_parser]
+# --- volume ------------------------------------------------------------------------------------
+
+
+def _volume_service(args: argparse.Namespace, *, with_service: bool = True):
+    """The prototype volume service for the chosen user (service identity: cinder)."""
+    from byok.identity import Identity
+    from byok.volumes import Pool, VolumeService
+
+    user = identity_from_args(args)
+    service = None
+    if with_service:
+        if getattr(args, "service_cloud", None):
+            service = Identity.from_cloud(args.service_cloud)
+        elif not getattr(args, "cloud", None):
+            from byok.stack.manager import Stack
+
+            service = Stack.at(getattr(args, "state_dir", None)).identity("cinder")
+    return VolumeService(Pool(getattr(args, "pool", None)), user, service=service)
+
+
+def _print_record(rec, as_json: bool = False) -> None:
+    from dataclasses import asdict
+
+    doc = asdict(rec)
+    if as_json:
+        out.print_json(json.dumps(doc))
+        return
+    for k in ("id", "kind", "name", "size", "state", "key_ref", "secret_type", "key_owner",
+              "luks_type", "escrow_ref", "source"):
+        out.print(f"[bold]{k:>12}[/]  {doc[k]}")
+
+
+def _volume_parser(sub, fmt) -> None:
+    from byok.luks import POLICIES
+
+    vp = sub.add_parser(
+        "volume", formatter_class=fmt,
+        help="the prototype Cinder side: volumes, clones, backups, images, rotation",
+        description=(
+            "File-backed volumes whose key is the user's. Copies share the key reference\n"
+            "(a Barbican consumer each), delete never deletes the key, rotation is journaled\n"
+            "and crash-safe. Pool: .byok/pool (or --pool / $BYOK_POOL_DIR).\n\n"
+            "Examples:\n"
+            "  byok volume create --size 64M --key-ref REF --as alice\n"
+            "  byok volume clone VOL --as alice                 # shares the key\n"
+            "  byok volume clone VOL --key-ref OTHER --as alice # rekeyed clone\n"
+            "  byok volume rotate VOL --key-ref NEW --as alice\n"
+            "  byok volume backup VOL --as alice"
+        ),
+    )
+    vp.add_argument("--pool", type=Path, default=None, help="pool directory")
+    vs = vp.add_subparsers(dest="action", metavar="ACTION")
+    vs.required = True
+
+    def cmd(name: str, helptext: str, func, *, target: str | None = "VOL", json_flag=True):
+        p = vs.add_parser(name, formatter_class=fmt, help=helptext)
+        if target:
+            p.add_argument("target", metavar=target)
+        add_identity_args(p)
+        p.add_argument("--service-cloud", help="cloud of the service identity (with --cloud)")
+        if json_flag:
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+        return p
+
+    c = cmd("create", "a volume encrypted with the user's key", _vol_create, target=None)
+    c.add_argument("--size", required=True, help="e.g. 64M, 1G")
+    c.add_argument("--key-ref", required=True)
+    c.add_argument("--name", default="")
+    c.add_argument("--provider", choices=("luks", "luks2"), default="luks2")
+    c.add_argument("--escrow", action="store_true",
+                   help="add a keyslot for a deployment escrow key (either party can recover)")
+    c.add_argument("--no-format", action="store_true",
+                   help="leave it blank; the attach hook formats it on first attach")
+    c.add_argument("--pbkdf", choices=tuple(POLICIES),
+                   help="PBKDF policy (default: by the secret's type)")
+    c = cmd("clone", "a new volume from VOL (same key, or --key-ref to rekey)", _vol_copy)
+    c.add_argument("--key-ref")
+    c.set_defaults(copy="clone")
+    for name, helptext in (("snapshot", "a snapshot of VOL (shares the key)"),
+                           ("backup", "a backup of VOL: ciphertext + header of now"),
+                           ("upload", "upload VOL as a LUKS image (shares the key)")):
+        cmd(name, helptext, _vol_copy).set_defaults(copy=name)
+    c = cmd("restore", "a new volume from BACKUP", _vol_copy, target="BACKUP")
+    c.add_argument("--key-ref", help="a key that opens the backup (if rotated since)")
+    c.set_defaults(copy="restore")
+    c = cmd("from-image", "a new volume from IMAGE", _vol_copy, target="IMAGE")
+    c.add_argument("--key-ref")
+    c.set_defaults(copy="from-image")
+    c = cmd("image-from-raw", "a LUKS image from a plaintext file (no root, no dm)",
+            _vol_image_from_raw, target="RAW")
+    c.add_argument("--key-ref", required=True)
+    cmd("delete", "delete a volume/snapshot/backup/image (never the key)", _vol_delete,
+        json_flag=False)
+    c = cmd("rotate", "move VOL to another user key (journaled, crash-safe)", _vol_rotate)
+    c.add_argument("--key-ref", help="the new key (not needed with --resume)")
+    c.add_argument("--resume", action="store_true", help="only finish an interrupted rotation")
+    c = cmd("reencrypt", "new volume key for all data, then the new user key (LUKS2)",
+            _vol_reencrypt)
+    c.add_argument("--key-ref", required=True)
+    cmd("header-backup", "save VOL's LUKS header", _vol_header, json_flag=False).set_defaults(
+        header="backup")
+    c = cmd("header-restore", "write a saved header back onto VOL", _vol_header,
+            json_flag=False)
+    c.add_argument("--from", dest="from_file", type=Path, help="backup file (default: latest)")
+    c.set_defaults(header="restore")
+    ls = vs.add_parser("list", formatter_class=fmt, help="everything in the pool")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_vol_list)
+
+
+def _vol_create(args: argparse.Namespace) -> int:
+    svc = _volume_service(args, with_service=args.escrow)
+    rec = svc.create(_size(args.size), args.key_ref, name=args.name, provider=args.provider,
+                     escrow=args.escrow, format=not args.no_format, policy=args.pbkdf)
+    _print_record(rec, args.json)
+    return 0
+
+
+def _vol_copy(args: argparse.Namespace) -> int:
+    svc = _volume_service(args, with_service=False)
+    key_ref = getattr(args, "key_ref", None)
+    op = {
+        "clone": lambda: svc.clone(args.target, key_ref=key_ref),
+        "snapshot": lambda: svc.snapshot(args.target),
+        "backup": lambda: svc.backup(args.target),
+        "upload": lambda: svc.upload_image(args.target),
+        "restore": lambda: svc.restore(args.target, key_ref=key_ref),
+        "from-image": lambda: svc.create_from_image(args.target, key_ref=key_ref),
+    }[args.copy]
+    _print_record(op(), args.json)
+    return 0
+
+
+def _vol_image_from_raw(args: argparse.Namespace) -> int:
+    svc = _volume_service(args, with_service=False)
+    _print_record(svc.image_from_raw(Path(args.target), args.key_ref), args.json)
+    return 0
+
+
+def _vol_delete(args: argparse.Namespace) -> int:
+    svc = _volume_service(args)
+    svc.delete(args.target)
+    out.print(f"deleted {args.target} (the key stays in Barbican)")
+    return 0
+
+
+def _vol_rotate(args: argparse.Namespace) -> int:
+    from byok import rotation
+
+    svc = _volume_service(args, with_service=False)
+    if not args.resume and not args.key_ref:
+        raise UsageError("give --key-ref NEW (or --resume to finish an interrupted rotation)")
+    rec = rotation.rotate(svc, args.target, args.key_ref or "", resume_only=args.resume)
+    _print_record(rec, args.json)
+    return 0
+
+
+def _vol_reencrypt(args: argparse.Namespace) -> int:
+    from byok import rotation
+
+    svc = _volume_service(args, with_service=False)
+    rec, seconds = rotation.reencrypt(svc, args.target, args.key_ref)
+    err.print(f"re-encrypted all data in {seconds:.2f} s")
+    _print_record(rec, args.json)
+    return 0
+
+
+def _vol_header(args: argparse.Namespace) -> int:
+    svc = _volume_service(args, with_service=False)
+    if args.header == "backup":
+        out.print(str(svc.header_backup(args.target)))
+    else:
+        out.print(f"restored {svc.header_restore(args.target, args.from_file)}")
+    return 0
+
+
+def _vol_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from byok.volumes import Pool
+
+    recs = Pool(args.pool).list()
+    if args.json:
+        out.print_json(json.dumps([asdict(r) for r in recs]))
+        return 0
+    from rich.table import Table
+
+    t = Table()
+    for col in ("id", "kind", "size", "state", "key", "source"):
+        t.add_column(col)
+    for r in recs:
+        t.add_row(r.id, r.kind, str(r.size), r.state, r.key_ref.rsplit("/", 1)[-1][:8] + "…",
+                  f"{r.source.get('kind', '')} {r.source.get('id', '')[:8]}")
+    out.print(t)
+    return 0
+
+
+# --- recover -----------------------------------------------------------------------------------
+
+
+def _recover_parser(sub, fmt) -> None:
+    rp = sub.add_parser(
+        "recover", formatter_class=fmt,
+        help="offline: a LUKS volume/backup/image file -> plaintext, with only your key",
+        description=(
+            "Decrypt a LUKS1/LUKS2 volume, backup or image offline: no Keystone, no Barbican,\n"
+            "no root, no device-mapper, no cryptsetup. Give the key exactly as stored in\n"
+            "Barbican: --key-file with the raw key bytes of a symmetric secret (the passphrase\n"
+            "is derived as os-brick does), or --passphrase-file with a passphrase secret.\n"
+            "A wrong key exits with status 5 and writes nothing. The output is sparse.\n\n"
+            "Example:\n"
+            "  byok recover vol.img --key-file my-key.bin --out vol.plain"
+        ),
+    )
+    rp.add_argument("image", type=Path, help="volume, backup or image file")
+    g = rp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--key-file", type=Path, help="raw key bytes (symmetric secret)")
+    g.add_argument("--passphrase-file", type=Path, help="passphrase secret text")
+    rp.add_argument("--header", type=Path, help="detached LUKS header file")
+    rp.add_argument("--out", type=Path, required=True, help="plaintext output file")
+    rp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=_recover)
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from byok import recovery
+    from byok.errors import WrongKey
+
+    candidates = recovery.read_passphrase(key_file=args.key_file,
+                                          passphrase_file=args.passphrase_file)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("decrypting", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        last: WrongKey | None = None
+        for pw in candidates:
+            try:
+                summary = recovery.recover(args.image, args.out, passphrase=pw,
+                                           header=args.header, progress=progress,
+                                           overwrite=args.force)
+                break
+            except WrongKey as e:
+                last = e
+        else:
+            assert last is not None
+            raise last
+    if args.json:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(f"recovered {summary['plaintext_bytes']} bytes to {args.out} "
+                  f"(LUKS{summary['luks_version']}, keyslot {summary['slot']}, "
+                  f"{summary['seconds']} s, {summary['backend']})")
+    return 0
+
+
+_REGISTRARS: list[Callable] = [_stack_parser, _key_parser, _bench_parser, _attach_parser,
+                               _volume_parser, _recover_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

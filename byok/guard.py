@@ -54,11 +54,12 @@ def bind(
     volume_id: str,
     service: str = DEFAULT_SERVICE,
     endpoint: str | None = None,
+    resource_type: str = RESOURCE_TYPE,
 ) -> SecretInfo:
-    """Step 1: check the user may use ``ref`` and record the volume as its consumer."""
+    """Step 1: check the user may use ``ref`` and record the resource as its consumer."""
     resolver = Resolver(user, endpoint=endpoint)
     info = resolver.info(ref)  # the user's token: KeyAccessDenied / KeyNotFound from Barbican
-    consumer = Consumer(service, volume_id)
+    consumer = Consumer(service, volume_id, resource_type)
     if not any(consumer.matches(c) for c in info.consumers):
         resolver.api.add_consumer(info.ref, *consumer.args())
     return info
@@ -71,6 +72,7 @@ def resolve_for_volume(
     volume_id: str,
     service: str = DEFAULT_SERVICE,
     endpoint: str | None = None,
+    resource_type: str = RESOURCE_TYPE,
 ) -> KeyMaterial:
     """Step 2: the service resolves ``ref`` alone, only for a volume bound in step 1."""
     resolver = Resolver(service_identity, endpoint=endpoint)
@@ -82,7 +84,7 @@ def resolve_for_volume(
             "its owner has not granted the service an ACL",
             hint="the owner runs: byok key grant REF --to " + service,
         ) from e
-    if not any(Consumer(service, volume_id).matches(c) for c in info.consumers):
+    if not any(Consumer(service, volume_id, resource_type).matches(c) for c in info.consumers):
         raise KeyAccessDenied(
             f"key {info.ref.secret_id} was never bound to volume {volume_id} by a user of its "
             f"project; {service} may not use it for that volume on its own authority",
@@ -100,12 +102,13 @@ def release(
     volume_id: str,
     service: str = DEFAULT_SERVICE,
     endpoint: str | None = None,
+    resource_type: str = RESOURCE_TYPE,
 ) -> bool:
-    """Remove this volume's consumer from the key (never the key). False if nothing to remove."""
+    """Remove this resource's consumer from the key (never the key). False if nothing to remove."""
     resolver = Resolver(identity, endpoint=endpoint)
     r = resolver._ref(ref)
     try:
-        resolver.api.remove_consumer(r, service, RESOURCE_TYPE, volume_id)
+        resolver.api.remove_consumer(r, service, resource_type, volume_id)
     except KeyNotFound:
         return False
     return True

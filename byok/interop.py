@@ -52,3 +52,27 @@ def dissect_sha256(path: Path, passphrase: Sensitive, size: int) -> str:
         stream = volume.open()
         stream.seek(0)
         return hashlib.sha256(stream.read(size)).hexdigest()
+
+
+def qemu_encrypt_luks1(raw: Path, out: Path, passphrase: Sensitive, *, attempts: int = 20) -> None:
+    """A LUKS1 image of ``raw`` made by qemu-img (what Nova/Glance tooling produces).
+
+    qemu-img benchmarks its PBKDF and, on this VM's coarse CPU accounting, sometimes fails with
+    "Unable to get accurate CPU usage"; that one error is retried.
+    """
+    last = ""
+    for _ in range(attempts):
+        out.unlink(missing_ok=True)
+        with proc.secret_fd(passphrase, "byok-qemu-secret") as (fd, fd_path):
+            res = proc.run(
+                ["qemu-img", "convert", "-f", "raw", "-O", "luks",
+                 "--object", f"secret,id=sec0,file={fd_path}",
+                 "-o", "key-secret=sec0,iter-time=10", str(raw), str(out)],
+                pass_fds=(fd,), check=False, timeout=300, what="qemu-img convert",
+            )
+        if res.returncode == 0:
+            return
+        last = res.tail(2)
+        if "accurate CPU usage" not in last:
+            break
+    raise CommandFailed(f"qemu-img could not create a LUKS image: {last}")

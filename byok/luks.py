@@ -16,6 +16,7 @@ benchmark (argon2id with up to 1 GiB), which is what os-brick does when it forma
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,3 +392,58 @@ def token_import(path: Path, token: dict, *, token_id: int | None = None) -> Non
         if token_id is not None:
             args += ["--token-id", str(token_id), "--token-replace"]
         _run(path, [*args, str(path)], what="token import")
+
+
+def encrypt_file(
+    raw: Path,
+    out: Path,
+    passphrase: Sensitive,
+    *,
+    policy: str | PbkdfPolicy = "machine-key",
+    cipher: str = DEFAULT_CIPHER,
+    key_bits: int = 512,
+) -> LuksInfo:
+    """Build a LUKS2 image ``out`` whose plaintext is the file ``raw`` — without root or dm.
+
+    ``cryptsetup reencrypt --encrypt`` converts plaintext in place; it needs spare room for the
+    header, so the copy is grown by ``reduce`` bytes first, and afterwards truncated to
+    ``data offset + len(raw)`` so that the image's plaintext is exactly ``raw`` (cryptsetup
+    leaves the unused tail of the reduction behind otherwise).
+    """
+    from byok import sparse
+
+    reduce = 32 << 20
+    size = raw.stat().st_size
+    if size % 4096:
+        raise VolumeError(f"{raw} is {size} bytes; image sources must be a multiple of 4096")
+    sparse.copy_sparse(raw, out)
+    try:
+        os.truncate(out, size + reduce)
+        pol = get_policy(policy)
+        _run(out, ["reencrypt", "--encrypt", "--type", "luks2", "--batch-mode",
+                   "--force-offline-reencrypt", "--reduce-device-size", f"{reduce >> 20}M",
+                   "--cipher", cipher, "--key-size", str(key_bits), *pol.args("luks2"),
+                   "--key-file=-", str(out)], what="encrypt image", key=passphrase)
+        info = dump(out)
+        os.truncate(out, info.data_offset + size)
+        return info
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def reencrypt(path: Path, passphrase: Sensitive, *, slot: int | None = None,
+              resume: bool = False, timeout: float = 3600.0) -> None:
+    """Re-encrypt all data of a LUKS2 file with a new volume key, offline (no dm needed).
+
+    Only the keyslot ``passphrase`` opens survives (re-wrapped around the new volume key).
+    cryptsetup's LUKS2 reencryption is resilient: if interrupted, run again with
+    ``resume=True`` (``--resume-only``) to finish.
+    """
+    args = ["reencrypt", "--batch-mode", "--force-offline-reencrypt"]
+    if resume:
+        args.append("--resume-only")
+    elif slot is not None:
+        args += ["--key-slot", str(slot)]
+    _run(path, [*args, "--key-file=-", str(path)], what="reencrypt", key=passphrase,
+         timeout=timeout)

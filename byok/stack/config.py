@@ -41,8 +41,10 @@ SEED_USERS: tuple[SeedUser, ...] = (
     SeedUser("bob", "bob-project", ("member",)),
     # A project of its own for castellan's functional suite, which lists "all secrets".
     SeedUser("peer", "peer-project", ("member",)),
-    SeedUser("cinder", "service", ("service",), service=True),
-    SeedUser("nova", "service", ("service",), service=True),
+    # Service users: 'service' for keystonemiddleware/ACL reads, 'member' so the deployment can
+    # keep its own secrets (escrow keys) in the service project.
+    SeedUser("cinder", "service", ("service", "member"), service=True),
+    SeedUser("nova", "service", ("service", "member"), service=True),
     SeedUser("barbican", "service", ("service", "admin"), service=True),
 )
 ADMIN_USER = "admin"
