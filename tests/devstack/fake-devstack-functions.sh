@@ -93,6 +93,7 @@ function plugin_requires { _fake_log plugin_requires "$@"; }
 # first [section] or inserts it right after the header (appending the section if missing) and
 # leaves every other line alone. awk, not sed -i: portable, and values reach it through the
 # environment, so no character in a value is special.
+# shellcheck disable=SC2016  # an awk program: $0, $1 are awk's
 _FAKE_INI_AWK='
 { lines[NR] = $0 }
 function header_at(i,    t) { t = lines[i]; sub(/[ \t]+$/, "", t); return t }

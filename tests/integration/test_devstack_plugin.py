@@ -97,8 +97,9 @@ class FakeDevstack:
         ``before`` runs after settings (local.conf's place), ``after`` after the last phase.
         """
         lines = [
-            "set -o errexit -o nounset -o xtrace",
-            f"source {shlex.quote(str(FAKE))}",
+            "set -o errexit -o nounset",
+            f"source {shlex.quote(str(FAKE))}",  # devstack's own set-up: not ours to trace
+            "set -o xtrace",
             f"source {shlex.quote(str(SETTINGS))}",
             before,
             *(f"source {shlex.quote(str(PLUGIN))} {phase}" for phase in phases),
@@ -323,6 +324,20 @@ def test_post_config_configures_only_enabled_services(
     assert {f for f in files if getattr(devstack, f).exists()} == expected
     users = {c[1] for c in devstack.calls("get_or_create_user")}
     assert users == {"cinder" if "cinder" in f else "nova" for f in expected}
+
+
+def test_node_without_cinder_or_nova_gets_a_warning_and_nothing_else(
+    devstack: FakeDevstack,
+) -> None:
+    """byok enabled on, say, a network node: say so, create no accounts, and let the opt-in
+    smoke check pass with nothing to check rather than fail the stack."""
+    env = {"ENABLED_SERVICES": "key,g-api", "BYOK_RUN_SMOKE": "True"}
+    proc = devstack.run("stack post-config", "stack extra", env=env)
+    assert devstack.calls() == [
+        ["warn", "byok: neither cinder nor nova is enabled on this node; nothing to configure"],
+    ]
+    assert "nothing to check" in proc.stdout
+    assert not devstack.cinder_conf.exists() and not devstack.nova_conf.exists()
 
 
 def test_post_config_without_keystone_on_the_node_configures_but_creates_no_users(
