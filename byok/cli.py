@@ -770,13 +770,207 @@ def _recover(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- experiments, report, main job ----------------------------------------------------------
+
+
+def _experiments_parser(sub, fmt) -> None:
+    ep = sub.add_parser(
+        "experiments", formatter_class=fmt, help="the research harness: list and run experiments",
+        description=(
+            "Each experiment states a hypothesis tied to a spec hurdle (H1-H10), runs on the\n"
+            "real path and records measurements and checks; its verdict comes from its checks.\n"
+            "One results JSON per experiment goes to the run directory, plus run.json.\n\n"
+            "Examples:\n"
+            "  byok experiments list\n"
+            "  byok experiments run                 # all, on the embedded stack\n"
+            "  byok experiments run E04 E11 --repeat 3\n"
+            "  byok experiments run --cloud mycloud # clouds mycloud-alice, mycloud-bob, ...\n"
+            "  byok report results/<run>"
+        ),
+    )
+    es = ep.add_subparsers(dest="action", metavar="ACTION")
+    es.required = True
+    ls = es.add_parser("list", formatter_class=fmt, help="the experiments, as a table")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_exp_list)
+    rn = es.add_parser("run", formatter_class=fmt, help="run experiments, write results")
+    rn.add_argument("ids", nargs="*", metavar="ID", help="experiment ids (default: all)")
+    rn.add_argument("--cloud", help="run against clouds NAME-alice, NAME-bob, NAME-carol, "
+                                    "NAME-cinder, NAME-nova from clouds.yaml")
+    rn.add_argument("--out", type=Path, help="run directory (default results/<run-id>)")
+    rn.add_argument("--repeat", type=int, default=1, help="run each experiment N times")
+    rn.add_argument("--keep-scratch", action="store_true", help="keep volumes and temp files")
+    rn.add_argument("--report", action="store_true", help="write report.md afterwards")
+    rn.set_defaults(func=_exp_run)
+
+
+def _exp_list(args: argparse.Namespace) -> int:
+    from byok.harness.registry import discover
+
+    reg = discover()
+    if args.json:
+        out.print_json(json.dumps([{"id": e.id, "title": e.title, "hurdle": e.hurdle,
+                                    "hypothesis": e.hypothesis, "needs": sorted(e.needs)}
+                                   for e in reg.values()]))
+        return 0
+    from rich.table import Table
+
+    t = Table(title="byok experiments")
+    for col in ("id", "hurdle", "title", "needs"):
+        t.add_column(col)
+    for e in reg.values():
+        t.add_row(e.id, e.hurdle, e.title, ", ".join(sorted(e.needs)))
+    out.print(t)
+    return 0
+
+
+def _run_with_progress(selected, env, args) -> object:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from byok.harness.runner import run_experiments
+
+    colors = {"supported": "green", "refuted": "red", "error": "red"}
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("experiments", total=len(selected) * args.repeat)
+
+        def on_result(res) -> None:
+            color = colors.get(res.verdict, "yellow")
+            bar.console.print(f"{res.id} [{color}]{res.verdict}[/] "
+                              f"({sum(c.passed for c in res.checks)}/{len(res.checks)} checks, "
+                              f"{res.seconds:.1f} s) {res.title}")
+            bar.advance(task)
+
+        return run_experiments(
+            selected, env, out_dir=args.out, repeat=args.repeat,
+            progress=lambda m: bar.update(task, description=m[:70]),
+            on_result=on_result, keep_scratch=args.keep_scratch,
+        )
+
+
+def _exp_run(args: argparse.Namespace) -> int:
+    from byok.harness.context import Environment
+    from byok.harness.registry import discover, select
+    from byok.stack.manager import Stack
+
+    selected = select(discover(), args.ids)
+    with contextlib.ExitStack() as es:
+        if args.cloud:
+            env = Environment.from_cloud(args.cloud)
+        else:
+            stack = es.enter_context(Stack.at().running(progress=lambda m: err.print(f"… {m}")))
+            env = Environment.embedded(stack)
+        summary = _run_with_progress(selected, env, args)
+    return _finish_run(summary, args.report)
+
+
+def _finish_run(summary, report: bool, spec: Path | None = None) -> int:
+    counts = summary.counts()
+    err.print(f"run {summary.run_id}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+              + f" in {summary.seconds:.0f} s" + (" [red](interrupted)[/]" if summary.interrupted
+                                                   else ""))
+    out.print(f"results: {summary.run_dir}")
+    if report:
+        from byok.harness import report as rpt
+
+        bench = None
+        bench_file = summary.run_dir / "bench.json"
+        if bench_file.exists():
+            bench = json.loads(bench_file.read_text())
+        out.print(f"report:  {rpt.render(summary.run_dir, bench=bench)}")
+        if spec:
+            _inject_spec(summary.run_dir, spec)
+    if summary.interrupted:
+        return 130
+    return 0 if not counts.get("error") and not counts.get("refuted") else 16
+
+
+def _inject_spec(run_dir: Path, spec: Path) -> None:
+    from byok.harness import spec as specmod
+    from byok.harness.results import load_run
+
+    results = load_run(run_dir)
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"] if (
+        run_dir / "run.json").exists() else run_dir.name
+    changed = specmod.update(spec, results, run_id)
+    out.print(f"spec:    {spec} ({'evidence regenerated' if changed else 'unchanged'})")
+
+
+def _report_parser(sub, fmt) -> None:
+    rp = sub.add_parser(
+        "report", formatter_class=fmt, help="report.md (+ plots) from a results run",
+        description=(
+            "Build RUN_DIR/report.md and RUN_DIR/plots/*.png from the results JSON only.\n"
+            "With --spec, also regenerate the spec's evidence blocks from this run\n"
+            "(idempotent: the same run gives the same text).\n\n"
+            "Example:\n"
+            "  byok report results/20261125T101500-ab12 --spec design/user-supplied-keys.rst"
+        ),
+    )
+    rp.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    rp.add_argument("--spec", type=Path, help="spec file whose evidence blocks to regenerate")
+    rp.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from byok.harness import report as rpt
+
+    if not args.run_dir.is_dir() or not list(args.run_dir.glob("E*.json")):
+        raise UsageError(f"{args.run_dir} holds no experiment results",
+                         hint="run them first: byok experiments run")
+    bench = None
+    if (args.run_dir / "bench.json").exists():
+        bench = json.loads((args.run_dir / "bench.json").read_text())
+    out.print(f"report: {rpt.render(args.run_dir, bench=bench)}")
+    if args.spec:
+        _inject_spec(args.run_dir, args.spec)
+    return 0
+
+
+def _main_job_parser(sub, fmt) -> None:
+    mp = sub.add_parser(
+        "main-job", formatter_class=fmt,
+        help="the README's main job: stack up, every experiment, report, spec evidence",
+    )
+    mp.add_argument("--out", type=Path, help="run directory (default results/<run-id>)")
+    mp.add_argument("--spec", type=Path, default=None,
+                    help="spec to refresh (default: design/user-supplied-keys.rst if present)")
+    mp.add_argument("--no-spec", action="store_true", help="do not touch the spec")
+    mp.set_defaults(func=_main_job)
+
+
+def _main_job(args: argparse.Namespace) -> int:
+    from byok import paths
+    from byok.harness.context import Environment
+    from byok.harness.registry import discover
+    from byok.stack.manager import Stack
+
+    selected = list(discover().values())
+    args.repeat, args.keep_scratch = 1, False
+    with Stack.at().running(progress=lambda m: err.print(f"… {m}")) as stack:
+        summary = _run_with_progress(selected, Environment.embedded(stack), args)
+    spec = None
+    if not args.no_spec:
+        root = paths.project_root()
+        spec = args.spec or (root / "design" / "user-supplied-keys.rst" if root else None)
+        spec = spec if spec and spec.exists() else None
+    return _finish_run(summary, True, spec)
+
+
 _REGISTRARS: list[Callable] = [_stack_parser, _key_parser, _bench_parser, _attach_parser,
-                               _volume_parser, _recover_parser]
+                               _volume_parser, _recover_parser, _experiments_parser,
+                               _report_parser, _main_job_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
     parser = _parser()
     args = parser.parse_args(argv)
+    if not args.debug:  # eventlet's and openstacksdk's deprecation banners are not ours to fix
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -190,17 +190,19 @@ class Agent:
         return {"closed": enc.dev_name}
 
     def op_cryptsetup_open(self, step: dict) -> dict:
+        mapping = step.get("mapping", step["name"])
         r = subprocess.run(
-            ["cryptsetup", "luksOpen", "--key-file=-", self._path(step), step["name"]],
+            ["cryptsetup", "luksOpen", "--key-file=-", self._path(step), mapping],
             input=self.secrets[step["key"]], capture_output=True, timeout=600,
         )
         if r.returncode:
             raise RuntimeError(json.dumps({"exit_code": r.returncode,
                                            "stderr": r.stderr.decode()[-300:]}))
-        return {"mapper": f"{MAPPER}/{step['name']}"}
+        return {"mapper": f"{MAPPER}/{mapping}"}
 
     def op_cryptsetup_close(self, step: dict) -> dict:
-        subprocess.run(["cryptsetup", "close", step["name"]], check=True, timeout=120)
+        subprocess.run(["cryptsetup", "close", step.get("mapping", step["name"])], check=True,
+                       timeout=120)
         return {}
 
     def op_write(self, step: dict) -> dict:
@@ -247,6 +249,8 @@ class Agent:
             table = f"0 {sectors} linear {dev} {i * sectors}"
             subprocess.run(["dmsetup", "create", name, "--table", table], check=True, timeout=60)
             names.append(name)
+        # No udev in the guest: ask dmsetup to create the /dev/mapper nodes itself.
+        subprocess.run(["dmsetup", "mknodes"], check=True, timeout=60)
         return {"slices": names}
 
     def op_parallel_open(self, step: dict) -> dict:
@@ -276,11 +280,16 @@ class Agent:
             procs.append((p, time.monotonic()))
         for p, _ in procs:
             assert p.stdin is not None
-            p.stdin.write(key)
-            p.stdin.close()
+            try:
+                p.stdin.write(key)
+                p.stdin.close()
+            except BrokenPipeError:
+                pass  # it exited early; its exit status says why
         latencies, failures = [], []
         for i, (p, started) in enumerate(procs):
-            _, err = p.communicate(timeout=900)
+            assert p.stderr is not None
+            err = p.stderr.read()
+            p.wait(timeout=900)
             latencies.append(time.monotonic() - started)
             if p.returncode:
                 failures.append({"i": i, "exit_code": p.returncode,

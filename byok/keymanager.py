@@ -242,7 +242,7 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         if volume:
             try:
                 self.remove_consumer(context, managed_object_id, self._consumer(volume))
-            except cexc.KeyManagerError as e:
+            except cexc.CastellanException as e:  # not registered, or already gone: nothing to do
                 LOG.warning("byok: could not remove consumer of volume %s from %s: %s",
                             volume, managed_object_id, e)
         LOG.info("byok: not deleting user-owned key %s (volume %s released it)",

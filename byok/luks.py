@@ -203,8 +203,12 @@ def format(
     label: str | None = None,
     header: Path | None = None,
     volume_key: Sensitive | None = None,
+    compact: bool = False,
 ) -> LuksInfo:
     """Create a LUKS header on ``path``; refuses if ``path`` (or ``header``) is already LUKS.
+
+    ``compact`` (LUKS2): 16 KiB metadata and 1 MiB of keyslots instead of 16 MiB, for the many
+    tiny volumes of the parallel-attach measurements.
 
     ``volume_key`` sets the volume (master) key explicitly (used to build images that share a
     volume key); by default cryptsetup generates it.
@@ -224,6 +228,8 @@ def format(
         args += ["--sector-size", str(sector_size)]
     if label and luks_type == "luks2":
         args += ["--label", label]
+    if compact and luks_type == "luks2":
+        args += ["--luks2-metadata-size", "16k", "--luks2-keyslots-size", "1m"]
     args += _header_args(header)
     if volume_key is None:
         args += ["--key-file=-", str(path)]

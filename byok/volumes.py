@@ -360,6 +360,18 @@ class VolumeService:
 
         return rotation.rotate(self, rid, new_key_ref, policy=policy)
 
+    def add_escrow(self, rid: str) -> VolumeRecord:
+        """Give an existing volume an escrow keyslot (deployment key in the service project)."""
+        with self.pool.lock(rid, shared=False):
+            rec = self.pool.load(rid)
+            if rec.escrow_ref:
+                return rec
+            rec.escrow_ref = self._add_escrow(self.pool.path(rid),
+                                              self.passphrase(rec.key_ref)[1], rid)
+            rec.history.append({"at": _now(), "op": "escrow keyslot added"})
+            self.pool.save(rec)
+            return rec
+
     def _add_escrow(self, path: Path, user_pw: Sensitive, rid: str) -> str:
         if self.service is None:
             raise VolumeError("escrow needs the service identity (the deployment's key holder)")

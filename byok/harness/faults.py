@@ -3,8 +3,8 @@
 It forwards requests to the real Barbican unchanged, except for the faults it is told to
 inject: answer 500, truncate the body, answer 200 with garbage, or hang without answering.
 ``fail_first=N`` injects the fault only into the first N requests (to show bounded retries
-recovering). Used only by tests and experiments about outages; it is the only stand-in for a
-real component in byok, and its name says so.
+recovering). Used only by tests and experiments about outages (never by the product); it is
+the only stand-in for a real component in byok, and its name says so.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import pytest
 
 from byok import keys
 from byok.errors import KeyServiceUnavailable
+from byok.harness.faults import FaultInjectingProxy
 from byok.identity import Identity
-from tests.faultproxy import FaultInjectingProxy
 
 pytestmark = pytest.mark.stack
 DEADLINE = 2.0

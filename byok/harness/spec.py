@@ -1,0 +1,108 @@
+"""Regenerate the spec's evidence blocks from a results run (``byok report RUN --spec FILE``).
+
+A block is delimited by two RST comment lines, so docutils renders what lies between them and
+ignores the markers::
+
+    .. evidence: E04
+
+    (generated content, not indented: verdict, checks, key measurements, run id)
+
+    .. end-evidence
+
+Everything between the markers is replaced; everything else is left byte for byte. The output
+depends only on the results, so regenerating from the same run is a no-op (idempotent).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from byok.harness.report import fmt
+from byok.harness.results import ExperimentResult
+
+START = re.compile(r"^\.\. evidence: (E\d+)\s*$")
+END = re.compile(r"^\.\. end-evidence\s*$")
+MAX_ROWS = 10
+
+
+def _lit(text: str) -> str:
+    text = str(text).replace("`", "'")
+    return f"``{text}``" if text else ""
+
+
+def _table(rows: list[tuple[str, str, str]]) -> list[str]:
+    header = ("measurement", "value", "unit")
+    cells = [header, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(3)]
+    rule = "  ".join("=" * w for w in widths)
+    out = [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
+           rule]
+    for r in rows:
+        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    out.append(rule)
+    return out
+
+
+def block(exp_id: str, result: ExperimentResult | None, run_id: str) -> list[str]:
+    """The RST lines of one evidence block's content."""
+    if result is None:
+        body = [f"*No result for {exp_id} in run* {_lit(run_id)}."]
+    else:
+        ok = sum(c.passed for c in result.checks)
+        body = [f"**{exp_id}** — {result.title.replace('*', '')} · verdict **{result.verdict}** · "
+                f"{ok}/{len(result.checks)} checks passed · run {_lit(run_id)}"]
+        failed = [c for c in result.checks if not c.passed]
+        if failed:
+            body += [""] + [f"- failed: {c.claim.replace('*', '')}" for c in failed[:5]]
+        rows = []
+        for m in result.measurements:
+            if isinstance(m.value, (int, float, str)) and len(rows) < MAX_ROWS:
+                rows.append((_lit(m.name), _lit(fmt(m.value)), m.unit.replace("*", "")))
+        if rows:
+            body += ["", *_table(rows)]
+        if len(result.measurements) > MAX_ROWS:
+            body += ["", f"({len(result.measurements) - MAX_ROWS} more measurements in the "
+                         f"run's report.)"]
+    # Unindented on purpose: text indented under an RST comment belongs to the comment and
+    # would not render.
+    return body
+
+
+def inject(spec: Path, results: list[ExperimentResult], run_id: str) -> tuple[str, list[str]]:
+    """The spec text with every evidence block regenerated, and the experiment ids found."""
+    by_id: dict[str, ExperimentResult] = {}
+    for r in results:
+        if r.repeat == 0 or r.id not in by_id:
+            by_id[r.id] = r
+    lines = spec.read_text().splitlines()
+    out: list[str] = []
+    found: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = START.match(lines[i])
+        if not m:
+            out.append(lines[i])
+            i += 1
+            continue
+        exp_id = m.group(1)
+        j = i + 1
+        while j < len(lines) and not END.match(lines[j]):
+            if START.match(lines[j]):
+                raise ValueError(f"{spec}: evidence block {exp_id} (line {i + 1}) is not closed")
+            j += 1
+        if j == len(lines):
+            raise ValueError(f"{spec}: evidence block {exp_id} (line {i + 1}) is not closed")
+        found.append(exp_id)
+        out += [lines[i], "", *block(exp_id, by_id.get(exp_id), run_id), "", lines[j]]
+        i = j + 1
+    return "\n".join(out) + "\n", found
+
+
+def update(spec: Path, results: list[ExperimentResult], run_id: str) -> bool:
+    """Rewrite ``spec`` in place; True if anything changed."""
+    text, _ = inject(spec, results, run_id)
+    if text == spec.read_text():
+        return False
+    spec.write_text(text)
+    return True

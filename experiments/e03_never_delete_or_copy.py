@@ -1,0 +1,83 @@
+"""E03 — through the castellan backend byok, Cinder's key calls never copy or delete (H2)."""
+
+import time
+import uuid
+
+from castellan import key_manager
+
+from byok import keys
+from byok.barbican_api import BarbicanAPI
+from byok.harness.registry import experiment
+from byok.keymanager import configure, volume_scope
+
+
+@experiment(
+    "E03",
+    title="The service never deletes or copies a user key (castellan backend byok vs stock)",
+    hurdle="H2",
+    hypothesis="Replaying Cinder's key calls (clone_encryption_key = get + store for clone, backup "
+    "and upload; delete_encryption_key on volume delete) through backend 'byok' leaves the "
+    "user's Barbican secrets unchanged and the key alive, while the stock 'barbican' backend "
+    "creates a copy per operation and deletes the user's own key.",
+    needs={"stack"},
+    params={"resolve_samples": 12},
+)
+def run(ctx):
+    alice = ctx.user("alice")
+    api = BarbicanAPI(alice, ctx.env.barbican_url)
+    for backend in ("barbican", "byok"):
+        km = key_manager.API(configure(auth_url=ctx.env.keystone_url, backend=backend))
+        cctx = alice.castellan_context()
+        ref, raw = ctx.user_key("alice", "aes512")
+        before = api.count_secrets()
+        vol = str(uuid.uuid4())
+        made = []
+        with volume_scope(vol):
+            for _op in ("clone", "backup", "upload"):
+                made.append(km.store(cctx, km.get(cctx, ref.secret_id)))
+        after_copies = api.count_secrets()
+        for new_id in made:  # the copies' volumes are deleted
+            with volume_scope(f"copy-{new_id}"):
+                km.delete(cctx, new_id)
+        with volume_scope(vol):
+            km.delete(cctx, ref.secret_id)  # the original volume is deleted
+        try:
+            alive = keys.Resolver(alice, endpoint=ctx.env.barbican_url).resolve(ref)
+            alive_ok = alive.payload.reveal() == raw
+        except Exception:
+            alive_ok = False
+        ctx.measure(f"secrets_created:{backend}", after_copies - before, "secrets")
+        ctx.measure(f"copies_returned_same_id:{backend}",
+                    sum(m == ref.secret_id for m in made), "of 3")
+        ctx.measure(f"user_key_alive_after_delete:{backend}", alive_ok, "")
+        if backend == "byok":
+            ctx.check("byok: clone/backup/upload created no new secret", after_copies == before)
+            ctx.check("byok: store(get(user key)) returned the user's own id every time",
+                      all(m == ref.secret_id for m in made))
+            ctx.check("byok: the user's key survives the volume delete, bytes unchanged", alive_ok)
+        else:
+            ctx.check("stock barbican backend (contrast): each copy is a new secret",
+                      after_copies - before == 3, f"{after_copies - before} new")
+            ctx.check("stock barbican backend (contrast): volume delete deletes the user's key",
+                      not alive_ok)
+    # Resolve latency: castellan (new session per call) vs byok (session reused).
+    ref, _ = ctx.user_key("alice", "aes512")
+    km = key_manager.API(configure(auth_url=ctx.env.keystone_url, backend="barbican"))
+    cctx = alice.castellan_context()
+    resolver = keys.Resolver(alice, endpoint=ctx.env.barbican_url)
+    resolver.resolve(ref)
+    km.get(cctx, ref.secret_id)
+    t_c, t_b = [], []
+    for _ in range(ctx.param("resolve_samples")):
+        t0 = time.perf_counter()
+        km.get(cctx, ref.secret_id).get_encoded()
+        t_c.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        resolver.resolve(ref)
+        t_b.append(time.perf_counter() - t0)
+    t_c.sort()
+    t_b.sort()
+    ctx.measure("resolve_castellan_s", t_c[len(t_c) // 2], "s", samples=t_c, note="p50")
+    ctx.measure("resolve_byok_s", t_b[len(t_b) // 2], "s", samples=t_b, note="p50")
+    ctx.check("byok's resolve (session reuse) is faster than castellan's get",
+              t_b[len(t_b) // 2] < t_c[len(t_c) // 2])

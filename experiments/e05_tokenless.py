@@ -1,0 +1,65 @@
+"""E05 — token-less operations (restart, evacuate): what the service can do on its own (H3)."""
+
+from castellan import key_manager
+
+from byok import guard
+from byok.barbican_api import BarbicanAPI
+from byok.errors import KeyAccessDenied
+from byok.harness.registry import experiment
+from byok.keymanager import configure
+
+
+@experiment(
+    "E05",
+    title="Token-less operations: the service needs the owner's ACL and a consumer for the volume",
+    hurdle="H3",
+    hypothesis="Acting without a user token (restart, evacuate, migrate), the cinder service user "
+    "can resolve a user key for volume V only if the owner granted it an ACL AND the key carries "
+    "the consumer for V from a user-token binding; ACL-only, consumer-only and nothing are all "
+    "refused — while castellan's stock path, which has no volume binding, lets an ACL alone "
+    "serve any volume.",
+    needs={"stack"},
+)
+def run(ctx):
+    env = ctx.env
+    cinder = ctx.user("cinder")
+    cases = {"nothing": (False, False), "consumer only": (False, True),
+             "ACL only": (True, False), "ACL + consumer": (True, True)}
+    for name, (acl, consumer) in cases.items():
+        ref, raw = ctx.user_key("alice", "aes512")
+        owner = BarbicanAPI(ctx.user("alice"), env.barbican_url)
+        volume = f"vol-{name.replace(' ', '-').replace('+', 'and')}"
+        if consumer:
+            guard.bind(ref, user=ctx.user("alice"), volume_id=volume, endpoint=env.barbican_url)
+        if acl:
+            owner.set_acl(ref, users=[cinder.user_id()], project_access=True)
+        try:
+            km = guard.resolve_for_volume(ref, service_identity=cinder, volume_id=volume,
+                                          endpoint=env.barbican_url)
+            outcome = "allowed" if km.payload.reveal() == raw else "wrong bytes"
+        except KeyAccessDenied:
+            outcome = "refused"
+        ctx.measure(f"outcome:{name}", outcome, "")
+        expected = "allowed" if acl and consumer else "refused"
+        ctx.check(f"{name}: {expected}", outcome == expected, outcome)
+        if acl and consumer:
+            try:
+                guard.resolve_for_volume(ref, service_identity=cinder, volume_id="another-volume",
+                                         endpoint=env.barbican_url)
+                other = "allowed"
+            except KeyAccessDenied:
+                other = "refused"
+            ctx.check("ACL + consumer for V does not serve another volume", other == "refused")
+        if acl and not consumer:
+            stock = key_manager.API(configure(auth_url=env.keystone_url, backend="barbican"))
+            got = stock.get(cinder.castellan_context(), ref.secret_id).get_encoded()
+            ctx.check("contrast: castellan's stock get as cinder with an ACL alone returns the key "
+                      "(no notion of which volume it is for)", got == raw)
+    nova = ctx.user("nova")
+    ref, _ = ctx.user_key("alice", "aes512")
+    guard.bind(ref, user=ctx.user("alice"), volume_id="vol-n", endpoint=env.barbican_url)
+    BarbicanAPI(ctx.user("alice"), env.barbican_url).set_acl(ref, users=[cinder.user_id()],
+                                                             project_access=True)
+    with ctx.expect_error(KeyAccessDenied, claim="nova cannot use an ACL granted to cinder"):
+        guard.resolve_for_volume(ref, service_identity=nova, volume_id="vol-n",
+                                 service="cinder", endpoint=env.barbican_url)
