@@ -77,7 +77,7 @@ def plot_pbkdf(res: ExperimentResult, out: Path) -> Path | None:
     names = list(opens)
     axes[0].bar(names, [opens[n] for n in names], color="#4a7")
     axes[0].set_ylabel("seconds")
-    axes[0].set_title("luksOpen in the guest, by PBKDF policy")
+    axes[0].set_title("Unlock (the KDF of an open), by PBKDF policy")
     axes[0].set_yscale("log")
     for policy in names:
         wall = _series(res, f"parallel_wall_s:{policy}:")
@@ -88,8 +88,8 @@ def plot_pbkdf(res: ExperimentResult, out: Path) -> Path | None:
         if mem:
             ns = sorted(mem, key=int)
             axes[2].plot([int(n) for n in ns], [mem[n] for n in ns], marker="o", label=policy)
-    for ax, title, unit in ((axes[1], "N parallel opens: wall time", "seconds"),
-                            (axes[2], "N parallel opens: peak guest memory", "MiB")):
+    for ax, title, unit in ((axes[1], "N parallel unlocks: wall time", "seconds"),
+                            (axes[2], "N parallel unlocks: peak memory", "MiB")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("N")
         ax.set_ylabel(unit)

@@ -7,6 +7,7 @@ run directory is complete (each is written atomically).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -138,6 +139,8 @@ def run_experiments(
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        with contextlib.suppress(OSError):
+            (run_dir / "scratch").rmdir()  # only if every experiment cleaned up after itself
         summary.ended = results.now()
         summary.seconds = time.monotonic() - t_run
         paths.write_private(run_dir / "run.json", json.dumps(summary.to_json(), indent=2) + "\n")
