@@ -728,7 +728,10 @@ def _recover_parser(sub, fmt) -> None:
     g.add_argument("--key-file", type=Path, help="raw key bytes (symmetric secret)")
     g.add_argument("--passphrase-file", type=Path, help="passphrase secret text")
     rp.add_argument("--header", type=Path, help="detached LUKS header file")
-    rp.add_argument("--out", type=Path, required=True, help="plaintext output file")
+    out = rp.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", type=Path, help="plaintext output file")
+    out.add_argument("--check", action="store_true",
+                     help="decrypt everything, write nothing: does this key open it?")
     rp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=_recover)
@@ -752,7 +755,8 @@ def _recover(args: argparse.Namespace) -> int:
         last: WrongKey | None = None
         for pw in candidates:
             try:
-                summary = recovery.recover(args.image, args.out, passphrase=pw,
+                summary = recovery.recover(args.image, None if args.check else args.out,
+                                           passphrase=pw,
                                            header=args.header, progress=progress,
                                            overwrite=args.force)
                 break
@@ -764,7 +768,8 @@ def _recover(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps(summary))
     else:
-        out.print(f"recovered {summary['plaintext_bytes']} bytes to {args.out} "
+        where = "checked (nothing written)" if args.check else f"to {args.out}"
+        out.print(f"recovered {summary['plaintext_bytes']} bytes {where} "
                   f"(LUKS{summary['luks_version']}, keyslot {summary['slot']}, "
                   f"{summary['seconds']} s, {summary['backend']})")
     return 0

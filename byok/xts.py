@@ -1,4 +1,4 @@
-"""Sector decryption for offline recovery: dm-crypt's IV schemes over the ``cryptography`` AES.
+"""Sector decryption for offline recovery: dm-crypt's IV schemes over AES.
 
 LUKS data is encrypted per sector; the IV of a sector is its number (``plain64``: 64-bit
 little-endian, counted in 512-byte units even for 4096-byte sectors, as dm-crypt does without
@@ -6,20 +6,18 @@ little-endian, counted in 512-byte units even for 4096-byte sectors, as dm-crypt
 os-brick and qemu-img produce: ``aes-xts-plain64`` (the default everywhere), ``aes-xts-plain``,
 ``aes-cbc-essiv:sha256`` and ``aes-cbc-plain64``.
 
-The XTS path uses a native batch kernel when one is available (:mod:`byok._xtsfast`, see
-``native/xts_aesni.c``) and falls back to one ``cryptography`` XTS context per sector.
+``aes-xts-plain64`` uses the native kernel :mod:`byok._xtsfast` (``native/xts_aesni.c``: AES-NI,
+or VAES/AVX-512 when the CPU has it) when it was built, and otherwise one ``cryptography`` XTS
+context per sector (correct, much slower). Everything is checked against ``cryptography``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from byok.errors import RecoveryError
-
-Decryptor = Callable[[bytes, int], bytes]  # (ciphertext of whole sectors, first IV) -> plaintext
 
 
 def _native():
@@ -31,55 +29,64 @@ def _native():
 
 
 def backend_name() -> str:
-    return "native-aesni" if _native() is not None else "cryptography-per-sector"
+    native = _native()
+    return f"native-{native.kernel}" if native is not None else "cryptography-per-sector"
 
 
-def make_decryptor(cipher_spec: str, key: bytes, sector_size: int = 512) -> Decryptor:
-    """A function decrypting whole sectors; IVs count 512-byte units from ``first_iv``."""
-    spec = cipher_spec.lower()
-    try:
-        algo, mode, ivgen = spec.split("-", 2)
-    except ValueError:
-        raise RecoveryError(f"unsupported cipher spec {cipher_spec!r}") from None
-    if algo != "aes":
-        raise RecoveryError(f"unsupported cipher {algo!r} (only AES)")
-    step = sector_size // 512
-    if mode == "xts" and ivgen in ("plain64", "plain"):
-        mask = (1 << 64) - 1 if ivgen == "plain64" else (1 << 32) - 1
-        native = _native()
-        if native is not None and len(key) in (32, 64) and ivgen == "plain64":
-            return lambda data, first: native.decrypt(key, data, first, sector_size, step)
+class SectorCipher:
+    """Decrypts whole sectors; IVs count 512-byte units from ``first_iv``."""
 
-        def xts(data: bytes, first: int) -> bytes:
-            out = bytearray(len(data))
-            alg = algorithms.AES(key)
-            for i in range(0, len(data), sector_size):
-                iv = ((first + (i // sector_size) * step) & mask).to_bytes(16, "little")
-                d = Cipher(alg, modes.XTS(iv)).decryptor()
-                out[i : i + sector_size] = d.update(data[i : i + sector_size])
-            return bytes(out)
-
-        return xts
-    if mode == "cbc" and (ivgen.startswith("essiv:") or ivgen == "plain64"):
+    def __init__(self, cipher_spec: str, key: bytes, sector_size: int = 512) -> None:
+        spec = cipher_spec.lower()
+        try:
+            algo, mode, ivgen = spec.split("-", 2)
+        except ValueError:
+            raise RecoveryError(f"unsupported cipher spec {cipher_spec!r}") from None
+        if algo != "aes":
+            raise RecoveryError(f"unsupported cipher {algo!r} (only AES)")
+        if not (mode == "xts" and ivgen in ("plain64", "plain")) and not (
+            mode == "cbc" and (ivgen.startswith("essiv:") or ivgen == "plain64")
+        ):
+            raise RecoveryError(f"unsupported cipher spec {cipher_spec!r}")
+        self.key = key
+        self.sector = sector_size
+        self.step = sector_size // 512
+        self.mode = mode
+        self.ivgen = ivgen
+        self._native = (_native() if mode == "xts" and ivgen == "plain64"
+                        and len(key) in (32, 64) else None)
+        self._essiv = None
         if ivgen.startswith("essiv:"):
-            h = ivgen.split(":", 1)[1]
-            salt = hashlib.new(h, key).digest()
-            essiv = Cipher(algorithms.AES(salt), modes.ECB()).encryptor()  # noqa: S305 - ESSIV
+            salt = hashlib.new(ivgen.split(":", 1)[1], key).digest()
+            self._essiv = Cipher(algorithms.AES(salt), modes.ECB()).encryptor()  # noqa: S305
 
-            def iv_of(n: int) -> bytes:
-                return essiv.update(n.to_bytes(16, "little"))
-        else:
+    def _iv(self, n: int) -> bytes:
+        if self._essiv is not None:
+            return self._essiv.update(n.to_bytes(16, "little"))
+        if self.ivgen == "plain":
+            n &= (1 << 32) - 1
+        return (n & ((1 << 64) - 1)).to_bytes(16, "little")
 
-            def iv_of(n: int) -> bytes:
-                return n.to_bytes(16, "little")
+    def decrypt_into(self, data: bytes | bytearray | memoryview, out: bytearray | memoryview,
+                     first_iv: int) -> None:
+        """Decrypt ``data`` (whole sectors) into ``out`` (at least as long)."""
+        if self._native is not None:
+            self._native.decrypt_into(self.key, data, out, first_iv, self.sector, self.step)
+            return
+        alg = algorithms.AES(self.key)
+        view = memoryview(data)
+        for i in range(0, len(view), self.sector):
+            iv = self._iv(first_iv + (i // self.sector) * self.step)
+            m = modes.XTS(iv) if self.mode == "xts" else modes.CBC(iv)
+            out[i : i + self.sector] = Cipher(alg, m).decryptor().update(
+                view[i : i + self.sector])
 
-        def cbc(data: bytes, first: int) -> bytes:
-            out = bytearray(len(data))
-            alg = algorithms.AES(key)
-            for i in range(0, len(data), sector_size):
-                d = Cipher(alg, modes.CBC(iv_of(first + (i // sector_size) * step))).decryptor()
-                out[i : i + sector_size] = d.update(data[i : i + sector_size])
-            return bytes(out)
+    def decrypt(self, data: bytes, first_iv: int) -> bytes:
+        out = bytearray(len(data))
+        self.decrypt_into(data, out, first_iv)
+        return bytes(out)
 
-        return cbc
-    raise RecoveryError(f"unsupported cipher spec {cipher_spec!r}")
+
+def make_decryptor(cipher_spec: str, key: bytes, sector_size: int = 512):
+    """A function ``(data, first_iv) -> plaintext`` (kept for small buffers: keyslot areas)."""
+    return SectorCipher(cipher_spec, key, sector_size).decrypt
