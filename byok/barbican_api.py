@@ -147,6 +147,10 @@ class BarbicanAPI:
                     f"secret{subject} not found at {self.endpoint} (deleted, expired, "
                     f"or invisible to {self.identity.name})"
                 )
+            if code == 406:
+                from byok.errors import KeyTypeMismatch
+
+                raise KeyTypeMismatch(f"Barbican cannot {what}{subject} as requested: {detail}")
             if code == 409 or (code == 400 and "consumers" in detail):
                 # Barbican 23 answers 400 "Secret cannot be deleted as it has consumers".
                 raise SecretConflict(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from byok.barbican_api import DEFAULT_DEADLINE
 from byok.errors import KeyAccessDenied, KeyNotFound
 from byok.identity import Identity
 from byok.keyref import KeyRef
@@ -55,9 +56,10 @@ def bind(
     service: str = DEFAULT_SERVICE,
     endpoint: str | None = None,
     resource_type: str = RESOURCE_TYPE,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> SecretInfo:
     """Step 1: check the user may use ``ref`` and record the resource as its consumer."""
-    resolver = Resolver(user, endpoint=endpoint)
+    resolver = Resolver(user, endpoint=endpoint, deadline=deadline)
     info = resolver.info(ref)  # the user's token: KeyAccessDenied / KeyNotFound from Barbican
     consumer = Consumer(service, volume_id, resource_type)
     if not any(consumer.matches(c) for c in info.consumers):
@@ -73,9 +75,10 @@ def resolve_for_volume(
     service: str = DEFAULT_SERVICE,
     endpoint: str | None = None,
     resource_type: str = RESOURCE_TYPE,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> KeyMaterial:
     """Step 2: the service resolves ``ref`` alone, only for a volume bound in step 1."""
-    resolver = Resolver(service_identity, endpoint=endpoint)
+    resolver = Resolver(service_identity, endpoint=endpoint, deadline=deadline)
     try:
         info = resolver.info(ref)
     except KeyAccessDenied as e:
@@ -103,9 +106,10 @@ def release(
     service: str = DEFAULT_SERVICE,
     endpoint: str | None = None,
     resource_type: str = RESOURCE_TYPE,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> bool:
     """Remove this resource's consumer from the key (never the key). False if nothing to remove."""
-    resolver = Resolver(identity, endpoint=endpoint)
+    resolver = Resolver(identity, endpoint=endpoint, deadline=deadline)
     r = resolver._ref(ref)
     try:
         resolver.api.remove_consumer(r, service, resource_type, volume_id)

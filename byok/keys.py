@@ -141,6 +141,10 @@ def validate_metadata(info: SecretInfo, *, now: dt.datetime | None = None) -> No
             raise KeyTypeMismatch(
                 f"secret {ref} holds {info.content_type} data, expected application/octet-stream"
             )
+    if info.secret_type == "passphrase" and info.content_type not in (None, "text/plain"):
+        raise KeyTypeMismatch(
+            f"passphrase secret {ref} holds {info.content_type} data, expected text/plain"
+        )
 
 
 def validate_payload(info: SecretInfo, payload: Sensitive) -> None:

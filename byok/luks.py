@@ -129,10 +129,21 @@ def _classify(path: Path, res: proc.Result, what: str) -> ByokError:
     if res.returncode == 2 or "No key available with this passphrase" in text:
         return WrongKey(f"{what}: no keyslot of {path.name} opens with this key")
     if "Cannot initialize device-mapper" in text or "dm_mod" in text:
+        # Nothing in this module needs dm; cryptsetup only reaches for it when the header asks
+        # for a cipher it cannot use otherwise — i.e. the header is damaged or exotic.
+        problem = header_problem(path, what)
+        if isinstance(problem, HeaderCorrupt):
+            return HeaderCorrupt(
+                f"{what}: {path.name}'s header names a cipher this system cannot use",
+                hint="the header is probably damaged; restore a header backup",
+            )
         return DeviceMapperUnavailable(
             f"{what}: this kernel has no device-mapper",
             hint="opening a volume runs in the User-Mode Linux guest (byok.guest)",
         )
+    if "No usable keyslot" in text:
+        return HeaderCorrupt(f"{what}: {path.name}'s header has no usable keyslot",
+                             hint="restore a header backup: byok volume header-restore")
     if res.returncode == 5 or "is in use" in text or "Device or resource busy" in text:
         return VolumeBusy(f"{what}: {path.name} is busy: {res.tail(2)}")
     if "not a valid LUKS device" in text or "Device is not a valid" in text:

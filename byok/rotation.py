@@ -190,7 +190,7 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
     if new_ref:
         with contextlib.suppress(ByokError):
             guard.release(new_ref, identity=svc.user, volume_id=rid, service=svc.service_name,
-                          endpoint=svc.endpoint, resource_type=rec.kind)
+                          endpoint=svc.endpoint, resource_type=rec.kind, deadline=svc.deadline)
     journal.clear()
     return rec
 

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from byok import guard, keys, luks, paths, sparse
+from byok.barbican_api import DEFAULT_DEADLINE
 from byok.errors import ByokError, KeyNotFound, VolumeBusy, VolumeError, VolumeNotFound
 from byok.identity import Identity
 from byok.keyref import KeyRef
@@ -152,11 +153,13 @@ class VolumeService:
         endpoint: str | None = None,
         lock_mode: str = "per-volume",
         service_name: str = guard.DEFAULT_SERVICE,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.pool = pool
         self.user = user
         self.service = service
-        self.resolver = Resolver(user, endpoint=endpoint)
+        self.deadline = deadline
+        self.resolver = Resolver(user, endpoint=endpoint, deadline=deadline)
         self.endpoint = self.resolver.endpoint
         self.lock_mode = lock_mode
         self.service_name = service_name
@@ -164,13 +167,13 @@ class VolumeService:
     # -- helpers -----------------------------------------------------------------------------
     def _bind(self, ref: KeyRef | str, rid: str, kind: str) -> keys.SecretInfo:
         return guard.bind(ref, user=self.user, volume_id=rid, service=self.service_name,
-                          endpoint=self.endpoint, resource_type=kind)
+                          endpoint=self.endpoint, resource_type=kind, deadline=self.deadline)
 
     def _release(self, rec: VolumeRecord) -> None:
         with contextlib.suppress(KeyNotFound, ByokError):
             guard.release(rec.key_ref, identity=self.user, volume_id=rec.id,
                           service=self.service_name, endpoint=self.endpoint,
-                          resource_type=rec.kind)
+                          resource_type=rec.kind, deadline=self.deadline)
 
     def key(self, ref: KeyRef | str) -> KeyMaterial:
         return self.resolver.resolve(ref)

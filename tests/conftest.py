@@ -11,6 +11,151 @@ from collections.abc import Iterator
 
 import pytest
 
+# --- secret hygiene over the whole session ------------------------------------------------------
+
+
+class Hygiene:
+    """Watches the whole test session for key material outside its channels.
+
+    Every key the tests create through byok is registered; a sampler thread reads the command
+    lines and environments of every process in our tree (cryptsetup, UML, qemu, the stack's
+    servers...) every 50 ms, a root logging handler keeps every log record at DEBUG, and the
+    byok tmpfs scratch directories are checked for their modes. At the end all of it, plus the
+    stack's log files, is scanned for each key in raw, hex and base64 form: zero hits, and no
+    byok scratch directory left behind.
+    """
+
+    def __init__(self) -> None:
+        import logging
+        import threading
+
+        self.secrets: list[bytes] = []
+        self.texts: set[bytes] = set()
+        self.records: list[str] = []
+        self.snapshots = 0
+        self.bad_modes: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.roots: list[int] = []
+
+        class Keep(logging.Handler):
+            def emit(inner, record):
+                try:
+                    self.records.append(record.getMessage())
+                except Exception:  # noqa: S110 - a bad format string is not our concern here
+                    pass
+
+        self.handler = Keep(level=logging.DEBUG)
+
+    def register(self, raw: bytes) -> None:
+        self.secrets.append(raw)
+
+    def _pids(self):
+        import os
+
+        import psutil
+
+        pids = set()
+        for root in [os.getpid(), *self.roots]:
+            try:
+                p = psutil.Process(root)
+                pids.update(c.pid for c in p.children(recursive=True))
+                pids.add(root)
+            except psutil.Error:
+                continue
+        pids.discard(os.getpid())  # our own environ holds no keys; our memory is not the point
+        return pids
+
+    def _sample(self) -> None:
+        import glob
+        import os
+        import stat
+
+        while not self._stop.is_set():
+            for pid in self._pids():
+                for what in ("cmdline", "environ"):
+                    try:
+                        with open(f"/proc/{pid}/{what}", "rb") as f:
+                            self.texts.add(f.read())
+                    except OSError:
+                        pass
+            for d in glob.glob("/dev/shm/byok-*"):
+                if os.path.basename(d).startswith("byok-uml-"):
+                    continue  # UML's own umid files (pids, sockets) in a 0700 directory
+                try:
+                    st = os.stat(d)
+                    if stat.S_IMODE(st.st_mode) & 0o077:
+                        self.bad_modes.add(f"{d} {oct(st.st_mode)}")
+                    for name in os.listdir(d):
+                        m = stat.S_IMODE(os.stat(os.path.join(d, name)).st_mode)
+                        if m & 0o077:
+                            self.bad_modes.add(f"{d}/{name} {oct(m)}")
+                except OSError:
+                    pass
+            self.snapshots += 1
+            self._stop.wait(0.05)
+
+    def start(self) -> None:
+        import logging
+
+        root = logging.getLogger()
+        root.addHandler(self.handler)
+        self._old_level = root.level
+        root.setLevel(logging.DEBUG)
+        self._thread.start()
+
+    def finish(self, log_files) -> list[str]:
+        import base64
+        import binascii
+        import glob
+        import logging
+
+        self._stop.set()
+        self._thread.join(timeout=5)
+        logging.getLogger().removeHandler(self.handler)
+        logging.getLogger().setLevel(self._old_level)
+        forms: list[bytes] = []
+        for raw in self.secrets:
+            forms += [f for f in (raw, binascii.hexlify(raw), binascii.hexlify(raw).upper(),
+                                  base64.b64encode(raw)) if len(f) >= 16]
+        blobs = [*list(self.texts), "\n".join(self.records).encode(errors="replace")]
+        for path in log_files:
+            try:
+                blobs.append(path.read_bytes())
+            except OSError:
+                pass
+        hits = sorted({f"a {len(f)}-byte form of a key in a scanned text"
+                       for f in forms for b in blobs if f in b})
+        hits += [f"left behind: {d}" for d in glob.glob("/dev/shm/byok-*")]
+        hits += [f"bad mode: {m}" for m in self.bad_modes]
+        self.log_files = len(log_files)
+        return hits
+
+
+HYGIENE = Hygiene()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_hygiene():
+    HYGIENE.start()
+    yield HYGIENE
+    from pathlib import Path
+
+    from byok import paths
+
+    logs = [p for p in Path(paths.stack_dir()).rglob("*.log*") if p.is_file()]
+    hits = HYGIENE.finish(logs)
+    from tests.reliability.conftest import COUNTS
+
+    COUNTS["hygiene: keys watched"] = len(HYGIENE.secrets)
+    COUNTS["hygiene: process snapshots"] = HYGIENE.snapshots
+    COUNTS["hygiene: distinct cmdlines/environs scanned"] = len(HYGIENE.texts)
+    COUNTS["hygiene: log records scanned"] = len(HYGIENE.records)
+    COUNTS["hygiene: server log files scanned"] = HYGIENE.log_files
+    COUNTS["hygiene: leaks"] = len(hits)
+    if hits:
+        pytest.fail("secret hygiene: " + "; ".join(hits[:10]), pytrace=False)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -26,6 +171,7 @@ def stack() -> Iterator:
     already = st.status()["healthy"]
     status = st.up()
     assert status["healthy"], status
+    HYGIENE.roots = [s["pid"] for s in status["services"].values() if s["pid"]]
     yield st
     if not already:
         st.down()
@@ -94,12 +240,29 @@ def make_key(barbican):
         if kind == "passphrase":
             raw = kw.pop("payload", os.urandom(12).hex().encode())
             ref = api.store(Sensitive(raw), secret_type="passphrase", name=f"t-{kind}", **kw)
+            HYGIENE.register(raw)
+            return ref, raw
         else:
             bits = int(kind[3:]) if kind.startswith("aes") else 512
             raw = kw.pop("payload", os.urandom(bits // 8))
             args = {"algorithm": "aes", "bit_length": bits, "mode": "xts"} | kw
             ref = api.store(Sensitive(raw), secret_type=args.pop("secret_type", "symmetric"),
                             name=f"t-{kind}", **args)
+        HYGIENE.register(raw)
         return ref, raw
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the reliability suite's counts (crashes injected, fuzz examples, header flips,
+    hygiene scans), so every CI log states them."""
+    try:
+        from tests.reliability.conftest import COUNTS
+    except ImportError:
+        return
+    if not COUNTS:
+        return
+    terminalreporter.section("byok reliability counts")
+    for name in sorted(COUNTS):
+        terminalreporter.write_line(f"{name:>40}: {COUNTS[name]}")

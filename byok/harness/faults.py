@@ -3,7 +3,8 @@
 It forwards requests to the real Barbican unchanged, except for the faults it is told to
 inject: answer 500, truncate the body, answer 200 with garbage, or hang without answering.
 ``fail_first=N`` injects the fault only into the first N requests (to show bounded retries
-recovering). Used only by tests and experiments about outages (never by the product); it is
+recovering); ``fail_after=K`` lets K requests through first (a fault in the middle of an
+operation). Used only by tests and experiments about outages (never by the product); it is
 the only stand-in for a real component in byok, and its name says so.
 """
 
@@ -19,11 +20,13 @@ MODES = ("pass", "error500", "truncate", "garbage", "hang")
 
 
 class FaultInjectingProxy:
-    def __init__(self, upstream: str, mode: str = "pass", *, fail_first: int | None = None):
+    def __init__(self, upstream: str, mode: str = "pass", *, fail_first: int | None = None,
+                 fail_after: int = 0):
         assert mode in MODES, mode
         self.upstream = urlsplit(upstream)
         self.mode = mode
         self.fail_first = fail_first
+        self.fail_after = fail_after
         self.requests = 0
         self.injected = 0
         self._lock = threading.Lock()
@@ -41,7 +44,7 @@ class FaultInjectingProxy:
                 body = self.rfile.read(length) if length else None
                 with proxy._lock:
                     proxy.requests += 1
-                    inject = proxy.mode != "pass" and (
+                    inject = proxy.mode != "pass" and proxy.requests > proxy.fail_after and (
                         proxy.fail_first is None or proxy.injected < proxy.fail_first
                     )
                     if inject:

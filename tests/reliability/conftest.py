@@ -1,0 +1,56 @@
+"""Reliability and security suite: counts that the terminal summary prints at the end."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from byok import luksheader, recovery, xts
+from byok.sensitive import Sensitive
+
+COUNTS: dict[str, int] = {}
+
+
+def count(name: str, n: int = 1) -> None:
+    COUNTS[name] = COUNTS.get(name, 0) + n
+
+
+@pytest.fixture(scope="session")
+def counts():
+    return count
+
+
+def plaintext_sha(path: Path, pw: Sensitive, nbytes: int = 1 << 20) -> str:
+    """SHA-256 of the first ``nbytes`` of plaintext, decrypted offline (no dm)."""
+    h = luksheader.read(str(path))
+    u = recovery.unlock(h, path, pw)
+    seg = h.segment
+    with open(path, "rb") as f:
+        f.seek(seg.offset)
+        data = f.read(nbytes)
+    data += bytes(-len(data) % seg.sector_size)
+    plain = xts.SectorCipher(seg.cipher, u.volume_key.reveal(), seg.sector_size).decrypt(
+        data, seg.iv_tweak)
+    return hashlib.sha256(plain[:nbytes]).hexdigest()
+
+
+def file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+__all__ = ["COUNTS", "count", "descendants", "file_sha", "plaintext_sha"]
