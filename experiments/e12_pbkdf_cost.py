@@ -2,39 +2,14 @@
 
 import time
 
-import psutil
-
-from byok import luks, proc
+from byok import luks
+from byok.bench.kdf import parallel_unlocks
 from byok.guest import Disk, Guest
 from byok.harness.registry import experiment
 from byok.sensitive import Sensitive
 
 SLICE = 4 << 20
 POLICIES = ("machine-key", "passphrase", "osbrick-default")
-
-
-def _parallel_unlocks(path, pw: Sensitive, n: int) -> dict:
-    """N concurrent `cryptsetup open --test-passphrase` (the whole KDF of an open, no dm):
-    wall time, failures, and the peak of the processes' summed resident memory."""
-    procs = [proc.start(["cryptsetup", "open", "--test-passphrase", "--key-file=-", str(path)],
-                        input=pw) for _ in range(n)]
-    t0 = time.perf_counter()
-    peak = 0
-    while any(p.poll() is None for p in procs):
-        rss = 0
-        for p in procs:
-            try:
-                rss += psutil.Process(p.pid).memory_info().rss
-            except psutil.Error:
-                pass
-        peak = max(peak, rss)
-        time.sleep(0.01)
-    wall = time.perf_counter() - t0
-    failures = sum(p.wait() != 0 for p in procs)
-    for p in procs:  # stdin was closed by proc.start after the key was written
-        p.stdout.close()
-        p.stderr.close()
-    return {"wall": wall, "peak_mib": peak / (1 << 20), "failures": failures}
 
 
 @experiment(
@@ -69,7 +44,7 @@ def run(ctx):
         ctx.measure(f"open_s:{policy}", round(unlock[policy], 4), "s", samples=samples,
                     note="the KDF part of an open (cryptsetup --test-passphrase, host)")
         for n in ctx.param("n")[policy]:
-            r = _parallel_unlocks(vol, pw, n)
+            r = parallel_unlocks(vol, pw, n)
             ctx.measure(f"parallel_wall_s:{policy}:{n}", round(r["wall"], 3), "s")
             ctx.measure(f"parallel_peak_mib:{policy}:{n}", round(r["peak_mib"], 1), "MiB")
             ctx.check(f"{policy}: {n} parallel unlocks all succeed", r["failures"] == 0,

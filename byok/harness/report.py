@@ -192,12 +192,24 @@ def render(run_dir: Path, *, bench: dict | None = None) -> Path:
         lines.append(f"| [{r.id}](#{r.id.lower()}){rep} | {_md_escape(r.title)} | {r.hurdle} | "
                      f"**{_md_escape(r.verdict)}** | {ok}/{len(r.checks)} | {r.seconds:.1f} |")
     if bench:
-        lines += ["", "## Benchmarks", "", "| benchmark | ratio | target | met |",
+        lines += ["", "## Benchmarks", "", "| benchmark | figure | target | met |",
                   "|---|---|---|---|"]
         for name, b in bench.items():
-            if isinstance(b, dict) and "target" in b:
-                ratio = next((v for k, v in b.items() if k.startswith("ratio")), "")
-                lines.append(f"| {name} | {fmt(ratio)} | {b['target']} | {b.get('target_met')} |")
+            if not isinstance(b, dict):
+                continue
+            for fig, target, met in (("ratio_p50", "target", "target_met"),
+                                     ("ratio", "target", "target_met"),
+                                     ("kdf_speedup", "kdf_target", "kdf_target_met"),
+                                     ("machine_key_n32_peak_mib", "target", "target_met"),
+                                     ("seconds", "target", "target_met")):
+                if fig in b and target in b:
+                    lines.append(f"| {name} | `{fig}` = {fmt(b[fig])} | {_md_escape(b[target])} "
+                                 f"| {'yes' if b.get(met) else '**no**'} |")
+                    break
+            if "kdf_speedup" in b and "ratio_p50" in b:
+                lines.append(f"| {name} | `kdf_speedup` = {fmt(b['kdf_speedup'])} | "
+                             f"{_md_escape(b['kdf_target'])} | "
+                             f"{'yes' if b.get('kdf_target_met') else '**no**'} |")
     for r in results:
         lines += ["", f"## {r.id}", "", f"**{_md_escape(r.title)}** — hurdle {r.hurdle}", "",
                   f"*Hypothesis:* {r.hypothesis}", "", f"*Verdict:* **{r.verdict}** "
