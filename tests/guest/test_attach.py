@@ -164,3 +164,17 @@ def test_cli_attach_write_read_and_wrong_key_exit_code(stack, make_key, blank_vo
     r = subprocess.run([*byok, "--key-ref", other.href], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 5 and "no keyslot" in r.stderr
+
+
+def test_guest_cannot_write_the_host_and_leaves_no_process(tmp_path):
+    from byok import proc
+    from byok.guest import Guest
+
+    marker = tmp_path / "written-by-guest"
+    run = Guest().run([{"op": "shell", "argv": ["touch", str(marker)], "name": "touch"},
+                       {"op": "shell", "argv": ["sh", "-c", "echo x > /run/tmp/ok && cat "
+                                                "/run/tmp/ok"], "name": "scratch"}])
+    assert run.step("touch")["exit_code"] != 0  # the host's / is read-only in the guest
+    assert not marker.exists()
+    assert run.step("scratch")["stdout"].strip() == "x"  # its tmpfs scratch works
+    assert proc.run(["pgrep", "-f", "linux.uml"], check=False).out.strip() == ""

@@ -193,3 +193,19 @@ def test_session_reuse_means_one_token_for_many_gets(km, identities, make_key):
     for _ in range(3):
         km.get(ctx, ref.secret_id)
     assert len(km._clients) >= 1
+
+
+@pytest.mark.parametrize(
+    ("ref", "user", "code"),
+    [("not-a-ref", "alice", 3), (str(uuid.uuid4()), "alice", 4), (None, "bob", 5)],
+)
+def test_cli_exit_codes(make_key, ref, user, code):
+    import subprocess
+    import sys
+
+    if ref is None:
+        ref = make_key("alice")[0].href
+    r = subprocess.run([sys.executable, "-m", "byok.cli", "key", "show", ref, "--as", user],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == code, r.stderr
+    assert r.stderr.startswith("error:")
