@@ -352,13 +352,14 @@ def _bench_parser(sub, fmt) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import os
     import platform
     import time
 
     from byok.bench import attach, parallel, recover, rekey, resolve, suite
     from byok.stack.manager import Stack
 
-    results: dict = {"host": {"kernel": platform.release(), "cpus": __import__("os").cpu_count(),
+    results: dict = {"host": {"kernel": platform.release(), "cpus": os.cpu_count(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     wanted = BENCHES if args.which == "all" else (args.which,)
     if args.which == "all" and args.skip_suite:

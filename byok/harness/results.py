@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -128,7 +129,7 @@ def host_facts() -> dict:
             "kernel": platform.release(),
             "machine": platform.machine(),
             "python": platform.python_version(),
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
             "cryptsetup": tool_version(["cryptsetup", "--version"]),
             "qemu_img": tool_version(["qemu-img", "--version"]),
             "uml_kernel": sorted(p.name for p in Path("/usr/lib/uml/modules").glob("*"))
