@@ -36,8 +36,6 @@ from byok.keys import KeyMaterial
 from byok.sensitive import Sensitive
 from byok.sparse import is_blank
 
-PROVIDER_TO_TYPE = {"luks": "luks1", "luks2": "luks2"}
-
 
 @dataclass(frozen=True)
 class Encryption:
@@ -55,7 +53,7 @@ class Encryption:
         if not ref:
             raise ByokError("encryption metadata has no key_ref (the user's key reference)")
         provider = d.get("provider", "luks2")
-        if provider not in PROVIDER_TO_TYPE:
+        if provider not in luks.PROVIDER_TO_TYPE:
             raise ByokError(f"unsupported encryption provider {provider!r} (luks or luks2)")
         return cls(
             key_ref=str(ref),
@@ -67,7 +65,7 @@ class Encryption:
 
     @property
     def luks_type(self) -> str:
-        return PROVIDER_TO_TYPE[self.provider]
+        return luks.PROVIDER_TO_TYPE[self.provider]
 
 
 @dataclass

@@ -242,10 +242,6 @@ class BarbicanAPI:
         self._request("PUT", self._secret_url(ref) + "/acl", what="set the ACL", ref=ref,
                       json_body=body, ok=(200, 201))
 
-    def delete_acl(self, ref: KeyRef) -> None:
-        self._request("DELETE", self._secret_url(ref) + "/acl", what="delete the ACL", ref=ref,
-                      ok=(200, 204))
-
     # -- consumers ---------------------------------------------------------------------------
     def consumers(self, ref: KeyRef) -> list[dict]:
         out = self._request("GET", self._secret_url(ref) + "/consumers?limit=100",

@@ -37,6 +37,9 @@ from byok.sensitive import Sensitive
 CRYPTSETUP = "cryptsetup"
 DEFAULT_CIPHER = "aes-xts-plain64"
 LUKS_TYPES = ("luks1", "luks2")
+#: os-brick's encryption provider names (Cinder volume-type metadata) and the LUKS type each means.
+PROVIDER_TO_TYPE = {"luks": "luks1", "luks2": "luks2"}
+TYPE_TO_PROVIDER = {v: k for k, v in PROVIDER_TO_TYPE.items()}
 
 
 @dataclass(frozen=True)
@@ -396,19 +399,6 @@ def header_restore(path: Path, backup: Path) -> None:
     """Write a header backup back onto ``path``."""
     _run(path, ["luksHeaderRestore", "--batch-mode", str(path), "--header-backup-file",
                 str(backup)], what="header restore")
-
-
-def token_import(path: Path, token: dict, *, token_id: int | None = None) -> None:
-    """Store a JSON token in a LUKS2 header (byok records ownership/escrow facts there)."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-        json.dump(token, f)
-        f.flush()
-        args = ["token", "import", "--json-file", f.name]
-        if token_id is not None:
-            args += ["--token-id", str(token_id), "--token-replace"]
-        _run(path, [*args, str(path)], what="token import")
 
 
 def encrypt_file(

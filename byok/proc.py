@@ -302,14 +302,6 @@ def pid_start_time(pid: int) -> int | None:
         return None
 
 
-def pid_cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [p.decode(errors="replace") for p in f.read().split(b"\0") if p]
-    except FileNotFoundError:
-        return []
-
-
 def pid_cwd(pid: int) -> Path | None:
     """Working directory of ``pid`` (None if gone or not ours to read)."""
     try:

@@ -99,8 +99,7 @@ def unlock(header: LuksHeader, header_file: Path, passphrase: Sensitive) -> Unlo
             area = f.read(slot.key_bytes * slot.af_stripes)
             area += bytes(-len(area) % 512)
             kdf_key = _kdf(slot, passphrase.reveal())
-            decrypt = xts.make_decryptor(slot.area_cipher, kdf_key, 512)
-            material = decrypt(area, 0)
+            material = xts.SectorCipher(slot.area_cipher, kdf_key, 512).decrypt(area, 0)
             candidate = af_merge(material, slot.key_bytes, slot.af_stripes, slot.af_hash)
             if _verify(header, slot.slot, candidate):
                 return Unlocked(header, slot.slot, Sensitive(candidate))

@@ -225,11 +225,3 @@ def reencrypt(svc, rid: str, new_key_ref: str, *, policy: str | None = None):
     rec.history.append({"op": "reencrypt", "seconds": round(seconds, 3)})
     pool.save(rec)
     return rec, seconds
-
-
-def describe(doc: dict | None) -> str:
-    if not doc:
-        return "no rotation in progress"
-    return f"rotation {doc.get('phase')} (from {doc.get('old_ref')} to {doc.get('new_ref')})"
-
-

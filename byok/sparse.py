@@ -71,10 +71,6 @@ def is_blank(path: Path, chunk: int = CHUNK) -> bool:
         os.close(fd)
 
 
-def allocated_bytes(path: Path) -> int:
-    return os.stat(path).st_blocks * 512
-
-
 def create(path: Path, size: int) -> None:
     """A new sparse file of ``size`` bytes (fails if it exists)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -229,7 +229,7 @@ class VolumeService:
         if size < (32 << 20):
             raise VolumeError("a volume must be at least 32 MiB (LUKS2 headers take 16 MiB)")
         km, pw = self.passphrase(key_ref)
-        luks_type = "luks1" if provider == "luks" else "luks2"
+        luks_type = luks.PROVIDER_TO_TYPE[provider]
         rec = self._new_record("volume", size, km, name=name, luks_type=luks_type)
         path = self.pool.path(rec.id)
         with self._creating(rec, km.ref.href):
@@ -342,8 +342,7 @@ class VolumeService:
         from byok.attach import connection_info_for
 
         rec = self.pool.load(rid)
-        enc = {"key_ref": key_ref or rec.key_ref,
-               "provider": "luks" if rec.luks_type == "luks1" else "luks2"}
+        enc = {"key_ref": key_ref or rec.key_ref, "provider": luks.TYPE_TO_PROVIDER[rec.luks_type]}
         return connection_info_for(self.pool.path(rid), rid), enc, rec.state == "new-blank"
 
     def mark_formatted(self, rid: str) -> None:

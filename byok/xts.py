@@ -85,8 +85,3 @@ class SectorCipher:
         out = bytearray(len(data))
         self.decrypt_into(data, out, first_iv)
         return bytes(out)
-
-
-def make_decryptor(cipher_spec: str, key: bytes, sector_size: int = 512):
-    """A function ``(data, first_iv) -> plaintext`` (kept for small buffers: keyslot areas)."""
-    return SectorCipher(cipher_spec, key, sector_size).decrypt

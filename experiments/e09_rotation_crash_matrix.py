@@ -46,7 +46,7 @@ def run(ctx):
         ctx.progress(f"crash {luks_type} at {point}")
         old, _ = ctx.user_key("alice", "aes512")
         new, _ = ctx.user_key("alice", "aes512")
-        rec = svc.create(48 << 20, old.href, provider="luks" if luks_type == "luks1" else "luks2")
+        rec = svc.create(48 << 20, old.href, provider=luks.TYPE_TO_PROVIDER.get(luks_type, "luks2"))
         cmd = [*base, rec.id, "--key-ref", new.href, *who]
         env = dict(os.environ)
         if luks_type == "random":

@@ -209,3 +209,16 @@ def test_cli_exit_codes(make_key, ref, user, code):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == code, r.stderr
     assert r.stderr.startswith("error:")
+
+
+def test_a_user_token_alone_is_an_identity(identities, make_key, stack):
+    """What Nova/Cinder receive from a user is a token, not a password."""
+    from byok.identity import Identity
+
+    ref, raw = make_key("alice")
+    alice = identities("alice")
+    tok = Identity.from_token(alice.token(), auth_url=stack.cfg.keystone_url,
+                              project_id=alice.project_id())
+    assert keys.Resolver(tok).resolve(ref).payload.reveal() == raw
+    km = key_manager.API(configure(auth_url=stack.cfg.keystone_url))
+    assert km.get(tok.castellan_context(), ref.secret_id).get_encoded() == raw
