@@ -110,6 +110,16 @@ class BarbicanAPI:
                     )
             except ks_exc.Unauthorized as e:
                 raise IdentityError(f"Keystone refused {self.identity.name}: {e}") from e
+            except ks_exc.HttpError as e:
+                # Only the token request raises here (Barbican's answers come back raw): a 5xx
+                # from Keystone is an outage, a 4xx a refusal of these credentials.
+                if (e.http_status or 0) >= 500:
+                    raise _Transient(f"Keystone answered HTTP {e.http_status} to the token "
+                                     "request", self.identity.auth_url) from e
+                raise IdentityError(f"Keystone refused {self.identity.name}: {e}") from e
+            except ks_exc.InvalidResponse as e:
+                raise _Transient("unparseable answer from Keystone to the token request",
+                                 self.identity.auth_url) from e
             except (ks_exc.ConnectionError, ks_exc.DiscoveryFailure, rq_exc.RequestException) as e:
                 failed = _URL.search(str(e))
                 where = failed.group(0) if failed else self.endpoint

@@ -482,7 +482,10 @@ def _attach(args: argparse.Namespace) -> int:
 
     def on_wait(token: str) -> None:
         hold.parent.mkdir(parents=True, exist_ok=True)
-        hold.write_text(json.dumps({"pid": os.getpid(), "volume": str(args.volume.resolve())}))
+        from byok import proc
+
+        hold.write_text(json.dumps({"pid": os.getpid(), "start_time": proc.pid_start_time(
+            os.getpid()), "volume": str(args.volume.resolve())}))
         err.print(f"attached {args.volume} at /dev/mapper/{v.mapper_name} (in the guest); "
                   f"run 'byok detach {args.volume}' to release")
         release.wait()
@@ -515,13 +518,23 @@ def _detach(args: argparse.Namespace) -> int:
     import os
     import signal
 
+    from byok import proc
+
     hold = _hold_file(args.volume)
     try:
-        pid = json.loads(hold.read_text())["pid"]
-    except (FileNotFoundError, ValueError, KeyError):
+        rec = json.loads(hold.read_text())
+        pid, started = int(rec["pid"]), rec["start_time"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         raise UsageError(
             f"{args.volume} is not attached by a 'byok attach --hold' session"
         ) from None
+    # SIGUSR1 would kill an unrelated process that reused the pid of a session killed with -9:
+    # signal only the very process that wrote the record (same kernel start time).
+    if started is None or proc.pid_start_time(pid) != started:
+        hold.unlink(missing_ok=True)
+        raise UsageError(
+            f"the session holding {args.volume} is gone (stale record removed)"
+        )
     try:
         os.kill(pid, signal.SIGUSR1)
     except ProcessLookupError:

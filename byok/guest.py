@@ -61,6 +61,7 @@ class GuestRun:
     returncode: int
     seconds: float
     steps: list[dict] = field(default_factory=list)
+    session_id: int = 0  # the UML process session: every UML helper process belongs to it
 
     def step(self, name: str) -> dict:
         for s in self.steps:
@@ -202,4 +203,5 @@ class Guest:
         result = json.loads(raw)
         if "fatal" in result:
             raise GuestError(f"guest agent failed: {result['fatal']}")
-        return GuestRun(result, console, rc, seconds, list(result.get("steps", [])))
+        return GuestRun(result, console, rc, seconds, list(result.get("steps", [])),
+                        session_id=p.pid)

@@ -17,6 +17,12 @@ from typing import Any
 
 from byok.errors import IdentityError, KeyServiceUnavailable
 
+# Every Keystone request (token issue, discovery, catalog) made through an identity's session is
+# bounded: keystoneauth's default is to wait forever, so a paused Keystone would hang a resolve
+# past any deadline (the Barbican calls pass their own, shorter, per-attempt timeout).
+KEYSTONE_TIMEOUT = 3.0
+SERVICE_ROLE = "service"
+
 
 @dataclass
 class Identity:
@@ -31,6 +37,11 @@ class Identity:
     interface: str = "public"
     kind: str = "password"  # "password" or "token"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _is_service: bool | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if getattr(self.session, "timeout", None) is None:
+            self.session.timeout = KEYSTONE_TIMEOUT
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -81,12 +92,59 @@ class Identity:
             name=name,
             auth_url=auth_url,
             auth=auth,
-            session=ks_session.Session(auth=auth),
+            session=ks_session.Session(auth=auth, timeout=KEYSTONE_TIMEOUT),
             auth_args={"token": token, "project_id": project_id, "auth_url": auth_url},
             kind="token",
         )
 
+    @classmethod
+    def from_castellan(cls, context: Any, *, auth_url: str) -> Identity:
+        """The identity behind a castellan credential or an oslo RequestContext (what Nova and
+        Cinder hand their key manager), so the castellan backend can use byok's key path."""
+        from castellan.common.credentials import keystone_password, keystone_token
+        from keystoneauth1 import session as ks_session
+        from keystoneauth1.identity import v3
+
+        if isinstance(context, keystone_password.KeystonePassword):
+            fields = ("username", "user_id", "user_domain_id", "user_domain_name", "project_id",
+                      "project_name", "project_domain_id", "project_domain_name", "domain_id",
+                      "domain_name", "trust_id")
+            args = {f: getattr(context, f, None) for f in fields}
+            args = {k: v for k, v in args.items() if v}
+            auth = v3.Password(auth_url=context.auth_url or auth_url, password=context.password,
+                               **args)
+            name, kind = args.get("username") or args.get("user_id") or "password", "password"
+            auth_args = {**args, "password": context.password}
+        else:
+            token = getattr(context, "token", None) or getattr(context, "auth_token", None)
+            if not token:
+                raise IdentityError(
+                    f"cannot authenticate with a {type(context).__name__}: no token or password")
+            project_id = getattr(context, "project_id", None)
+            url = getattr(context, "auth_url", None) or auth_url
+            if isinstance(context, keystone_token.KeystoneToken) and not project_id:
+                auth = v3.Token(auth_url=url, token=token,
+                                project_name=context.project_name,
+                                project_domain_name=context.project_domain_name,
+                                project_domain_id=context.project_domain_id)
+            else:
+                auth = v3.Token(auth_url=url, token=token, project_id=project_id)
+            name, kind = "token", "token"
+            auth_args = {"token": token, "project_id": project_id}
+        return cls(name=name, auth_url=auth_url, auth=auth,
+                   session=ks_session.Session(auth=auth, timeout=KEYSTONE_TIMEOUT),
+                   auth_args=auth_args, kind=kind)
+
     # -- facts -------------------------------------------------------------------------------
+    def is_service(self) -> bool:
+        """True if Keystone gave this identity the ``service`` role (Cinder, Nova): it then acts
+        on its own authority and must pass the confused-deputy guard's token-less rule."""
+        if self._is_service is None:
+            with self._lock:
+                access = _ks_call(self, lambda: self.auth.get_access(self.session))
+            self._is_service = SERVICE_ROLE in (access.role_names or [])
+        return self._is_service
+
     def token(self) -> str:
         with self._lock:
             return _ks_call(self, lambda: self.session.get_token())

@@ -104,6 +104,9 @@ class Stack:
             self._save_marker(marker)
 
         ks, bb = self.keystone(), self.barbican()
+        # Only what this call starts is stopped on failure: a stack someone else brought up
+        # (a reused test fixture, another shell) keeps running.
+        started = [srv for srv in (bb, ks) if not srv.running_pid()]
         try:
             if not ks.running_pid():
                 say(f"starting Keystone on {ks.spec.url}")
@@ -120,8 +123,8 @@ class Stack:
                 say(f"starting Barbican on {bb.spec.url}")
             bb.start()
         except BaseException:
-            # Leave no half-started stack behind: stop what this call may have started.
-            for srv in (bb, ks):
+            # Leave no half-started stack behind: stop what this call started.
+            for srv in started:
                 srv.stop()
             raise
         return self.status()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import psutil
 import pytest
 
 from byok import proc
@@ -29,10 +30,11 @@ def test_secret_goes_in_on_stdin_and_is_scrubbed_from_errors():
 def test_timeout_kills_the_whole_process_group():
     t0 = time.monotonic()
     with pytest.raises(CommandTimeout):
-        proc.run(["sh", "-c", "sleep 30 & sleep 30; wait"], timeout=0.5)
+        proc.run(["sh", "-c", "sleep 30.123 & sleep 30.123; wait"], timeout=0.5)
     assert time.monotonic() - t0 < 5
-    r = proc.run(["pgrep", "-f", "sleep 30"], check=False)
-    assert r.out.strip() == ""
+    left = [p.pid for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] == ["sleep", "30.123"]]
+    assert left == []
 
 
 def test_missing_tool_names_the_apt_package(monkeypatch):
