@@ -2,8 +2,11 @@
 
 ``AttachHook(identity).attach(connection_info, encryption)``:
 
-1. resolves ``encryption["key_ref"]`` with the caller's identity (the user's token, or the service
-   through the confused-deputy guard — see :mod:`byok.guard`), validated as a volume key;
+1. resolves ``encryption["key_ref"]`` for this volume with the caller's identity through
+   :func:`byok.guard.resolve_volume_key` — the same function the castellan backend ``byok``
+   uses for a volume: a user's token binds the volume as the key's consumer; a service user
+   (Cinder, Nova acting without a user token) gets the key only with the owner's ACL *and* that
+   consumer (the confused-deputy guard) — validated as a volume key;
 2. **guards against os-brick's auto-format**: os-brick formats a device whenever ``luksOpen``
    exits 1 and ``isLuks`` fails — on a host without dm, or with a damaged header, that destroys the
    volume. The hook looks first: a LUKS device goes on; a damaged header is ``HeaderCorrupt``; a
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from byok import keys, luks, luksheader
+from byok import guard, keys, luks, luksheader
 from byok.errors import ByokError, GuestError, HeaderCorrupt, NotLuks, WrongKey
 from byok.guest import Disk, Guest, GuestRun
 from byok.identity import Identity
@@ -212,8 +215,9 @@ class AttachHook:
         if resolve is None:
             if identity is None:
                 raise ByokError("AttachHook needs an identity or a resolve function")
-            resolver = keys.Resolver(identity, endpoint=endpoint)
-            resolve = lambda ref, _volume_id: resolver.resolve(ref)  # noqa: E731
+            def resolve(ref: str, volume_id: str) -> KeyMaterial:
+                return guard.resolve_volume_key(ref, identity=identity, volume_id=volume_id,
+                                                endpoint=endpoint)
         self.resolve = resolve
         self.guest = guest or Guest()
         self.precheck = precheck

@@ -269,7 +269,13 @@ def _key_show(args: argparse.Namespace) -> int:
     ref = r.parse(args.ref)
     info = r.info(ref, validate=False)
     desc = info.describe()
-    desc["owned_by_your_project"] = guard.owned_by_callers_project(ref, ident)
+    owned = guard.owned_by_callers_project(ref, ident)
+    desc["owned_by_your_project"] = owned
+    # Barbican never names a secret's project to outsiders; an ACL grantee learns only "not mine".
+    desc["owner_project"] = (
+        f"{ident.auth_args.get('project_name') or ident.project_id()} ({ident.project_id()})"
+        if owned else "another project (Barbican does not say which)"
+    )
     try:
         desc["fingerprint"] = r.resolve(ref).payload.fingerprint()
         desc["usable_as_volume_key"] = True

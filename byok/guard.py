@@ -48,6 +48,13 @@ class Consumer:
         return self.service, self.resource_type, self.resource_id
 
 
+def _bind(resolver: Resolver, ref: KeyRef | str, consumer: Consumer) -> SecretInfo:
+    info = resolver.info(ref)  # the user's token: KeyAccessDenied / KeyNotFound from Barbican
+    if not any(consumer.matches(c) for c in info.consumers):
+        resolver.api.add_consumer(info.ref, *consumer.args())
+    return info
+
+
 def bind(
     ref: KeyRef | str,
     *,
@@ -60,11 +67,33 @@ def bind(
 ) -> SecretInfo:
     """Step 1: check the user may use ``ref`` and record the resource as its consumer."""
     resolver = Resolver(user, endpoint=endpoint, deadline=deadline)
-    info = resolver.info(ref)  # the user's token: KeyAccessDenied / KeyNotFound from Barbican
-    consumer = Consumer(service, volume_id, resource_type)
-    if not any(consumer.matches(c) for c in info.consumers):
-        resolver.api.add_consumer(info.ref, *consumer.args())
-    return info
+    return _bind(resolver, ref, Consumer(service, volume_id, resource_type))
+
+
+def resolve_volume_key(
+    ref: KeyRef | str,
+    *,
+    identity: Identity,
+    volume_id: str,
+    service: str = DEFAULT_SERVICE,
+    endpoint: str | None = None,
+    deadline: float = DEFAULT_DEADLINE,
+) -> KeyMaterial:
+    """The key for ``volume_id`` as ``identity`` may use it — the one entry point of the attach
+    hook and of the castellan backend's ``get`` for a volume.
+
+    A user (no ``service`` role) binds: Barbican checks the user's own token, and the volume is
+    recorded as a consumer (once). A service user acts on its own authority and gets the key
+    only through step 2 (ACL *and* a consumer for exactly this volume).
+    """
+    if identity.is_service():
+        return resolve_for_volume(ref, service_identity=identity, volume_id=volume_id,
+                                  service=service, endpoint=endpoint, deadline=deadline)
+    resolver = Resolver(identity, endpoint=endpoint, deadline=deadline)
+    info = _bind(resolver, ref, Consumer(service, volume_id))
+    payload = resolver.api.payload(info.ref, content_type_for(info.secret_type))
+    validate_payload(info, payload)
+    return KeyMaterial(info, payload)
 
 
 def resolve_for_volume(

@@ -1,7 +1,7 @@
 """castellan backend ``byok``: the Barbican backend, made safe for user-owned keys.
 
 Nova and Cinder load it by name (``[key_manager] backend = byok``, entry point in
-``castellan.drivers``). It is castellan's ``BarbicanKeyManager`` with four changes:
+``castellan.drivers``). It is castellan's ``BarbicanKeyManager`` with five changes:
 
 * **Sessions are reused.** castellan builds a new keystoneauth session (and so a new token) on
   every call; this backend keeps one client per credential (keyed by a keyed hash of the
@@ -14,6 +14,12 @@ Nova and Cinder load it by name (``[key_manager] backend = byok``, entry point i
 * **delete never deletes a user-owned key.** It removes the current volume's consumer
   (``service=<[byok] consumer_service>, resource_type=volume, resource_id=<volume>``) and logs.
   The volume comes from :func:`volume_scope`, which the caller (Cinder) sets around the call.
+* **get for a volume goes through byok's key path.** Inside :func:`volume_scope` (what an
+  attach, a clone or a restore of one volume is), ``get`` is :meth:`get_for_volume`: the secret
+  is validated as a volume key (type, size, expiry) and the confused-deputy guard applies — a
+  user's context binds the volume as a consumer, a service context needs the owner's ACL and
+  that consumer. This is the same function the attach hook calls. Outside a volume scope
+  ``get`` is castellan's (so the backend stays a general castellan key manager).
 * **store of a user-owned key's material returns the original id.** Cinder's
   ``clone_encryption_key`` is ``get`` + ``store``; with this backend a clone/backup/image then
   *shares* the user's key (and registers a consumer) instead of copying it.
@@ -101,6 +107,9 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         self.conf.register_opts(_byok_opts, group=BYOK_GROUP)
         self._lock = threading.Lock()
         self._clients: collections.OrderedDict[bytes, tuple[Any, float]] = (
+            collections.OrderedDict()
+        )
+        self._identities: collections.OrderedDict[bytes, tuple[Any, float]] = (
             collections.OrderedDict()
         )
         self._hmac_key = os.urandom(32)  # per process: cache keys mean nothing elsewhere
@@ -201,9 +210,50 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         self._mark_service_owned(context, key_id)
         return key_id
 
+    def _identity(self, context: Any) -> Any:
+        """byok's identity for a castellan credential, reused like the clients above."""
+        from byok.identity import Identity
+
+        key = self._credential_key(context)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._identities.get(key) if key else None
+            if hit and hit[1] > now:
+                return hit[0]
+        ident = Identity.from_castellan(context, auth_url=self.conf.barbican.auth_endpoint)
+        if key and self.conf.byok.session_ttl:
+            with self._lock:
+                self._identities[key] = (ident, now + self.conf.byok.session_ttl)
+                while len(self._identities) > self.conf.byok.session_cache_size:
+                    self._identities.popitem(last=False)
+        return ident
+
+    def get_for_volume(self, context: Any, managed_object_id: str, volume_id: str) -> Any:
+        """The key of ``volume_id`` through byok's key path (:func:`byok.guard.resolve_volume_key`):
+        validated as a volume key; a user's context binds the volume as a consumer, a service's
+        context needs the owner's ACL and that consumer. castellan's exceptions, typed reason."""
+        from byok import guard
+        from byok.errors import ByokError, KeyNotFound
+
+        try:
+            km = guard.resolve_volume_key(
+                str(managed_object_id), identity=self._identity(context), volume_id=volume_id,
+                service=self.conf.byok.consumer_service,
+                endpoint=self.conf.barbican.barbican_endpoint or None,
+            )
+        except KeyNotFound as e:
+            raise cexc.ManagedObjectNotFoundError(uuid=managed_object_id) from e
+        except ByokError as e:
+            raise cexc.KeyManagerError(reason=f"{type(e).__name__}: {e}") from e
+        return km.castellan_object()
+
     def get(self, context, managed_object_id, metadata_only=False):
-        with quiet_http_logs():  # the payload answer would otherwise be debug-logged
-            obj = super().get(context, managed_object_id, metadata_only=metadata_only)
+        volume = current_volume()
+        if volume and not metadata_only and context:
+            obj = self.get_for_volume(context, managed_object_id, volume)
+        else:
+            with quiet_http_logs():  # the payload answer would otherwise be debug-logged
+                obj = super().get(context, managed_object_id, metadata_only=metadata_only)
         if not metadata_only:
             digest = self._digest(obj)
             if digest is not None:

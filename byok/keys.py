@@ -23,7 +23,7 @@ from typing import Any
 
 from byok import keyref
 from byok.barbican_api import DEFAULT_DEADLINE, BarbicanAPI
-from byok.errors import KeyTypeMismatch
+from byok.errors import KeyRefInvalid, KeyTypeMismatch
 from byok.identity import Identity
 from byok.keyref import KeyRef
 from byok.sensitive import Sensitive
@@ -125,7 +125,9 @@ def validate_metadata(info: SecretInfo, *, now: dt.datetime | None = None) -> No
         raise KeyTypeMismatch(f"secret {ref} is {info.status}, not ACTIVE")
     if info.expiration:
         expires = _parse_time(info.expiration)
-        if expires is not None and expires <= (now or dt.datetime.now(dt.UTC)):
+        if expires is None:  # fail closed: an expiry we cannot read may be in the past
+            raise KeyTypeMismatch(f"secret {ref} has an unreadable expiration {info.expiration!r}")
+        if expires <= (now or dt.datetime.now(dt.UTC)):
             raise KeyTypeMismatch(f"secret {ref} expired at {info.expiration}")
     if info.secret_type == "symmetric":
         if (info.algorithm or "").lower() != "aes":
@@ -193,7 +195,16 @@ class Resolver:
         return keyref.parse(text, allowed_endpoints=[self.endpoint]).bind(self.endpoint)
 
     def _ref(self, ref: KeyRef | str) -> KeyRef:
-        return self.parse(ref) if isinstance(ref, str) else ref.bind(self.endpoint)
+        if isinstance(ref, str):
+            return self.parse(ref)
+        if ref.endpoint is not None and ref.endpoint != self.endpoint:
+            # A KeyRef built elsewhere is held to the same rule as user input: this identity's
+            # token only ever goes to this cloud's key manager.
+            raise KeyRefInvalid(
+                f"key reference {ref} points at {ref.endpoint}, not this cloud's key manager",
+                hint=f"allowed: {self.endpoint}",
+            )
+        return ref.bind(self.endpoint)
 
     def info(self, ref: KeyRef | str, *, validate: bool = True) -> SecretInfo:
         """Metadata only (one HTTP request); validated as a volume key unless told not to."""

@@ -67,6 +67,7 @@ def test_passphrase_rule_property(raw):
         ({"algorithm": None}, "untyped"),
         ({"status": "PENDING"}, "not ACTIVE"),
         ({"expiration": "2001-01-01T00:00:00"}, "expired"),
+        ({"expiration": "next tuesday"}, "unreadable expiration"),
         ({"content_type": "text/plain"}, "text/plain"),
     ],
 )
