@@ -651,12 +651,15 @@ def _volume_parser(sub, fmt) -> None:
     c.add_argument("--resume", action="store_true", help="only finish an interrupted rotation")
     c = cmd("reencrypt", "new volume key for all data, then the new user key (LUKS2)",
             _vol_reencrypt)
-    c.add_argument("--key-ref", required=True)
+    c.add_argument("--key-ref", help="the new key (not needed with --resume)")
+    c.add_argument("--resume", action="store_true",
+                   help="only finish an interrupted re-encryption")
     cmd("header-backup", "save VOL's LUKS header", _vol_header, json_flag=False).set_defaults(
         header="backup")
     c = cmd("header-restore", "write a saved header back onto VOL", _vol_header,
             json_flag=False)
-    c.add_argument("--from", dest="from_file", type=Path, help="backup file (default: latest)")
+    c.add_argument("--from", dest="from_file", type=Path,
+                   help="backup file (default: the newest one that opens with the current key)")
     c.set_defaults(header="restore")
     ls = vs.add_parser("list", formatter_class=fmt, help="everything in the pool")
     ls.add_argument("--json", action="store_true")
@@ -713,8 +716,11 @@ def _vol_rotate(args: argparse.Namespace) -> int:
 def _vol_reencrypt(args: argparse.Namespace) -> int:
     from byok import rotation
 
-    svc = _volume_service(args, with_service=False)
-    rec, seconds = rotation.reencrypt(svc, args.target, args.key_ref)
+    if not args.resume and not args.key_ref:
+        raise UsageError("give --key-ref NEW (or --resume to finish an interrupted one)")
+    svc = _volume_service(args)  # the service identity drops a now useless escrow secret
+    rec, seconds = rotation.reencrypt(svc, args.target, args.key_ref,
+                                      resume_only=getattr(args, "resume", False))
     err.print(f"re-encrypted all data in {seconds:.2f} s")
     _print_record(rec, args.json)
     return 0

@@ -15,6 +15,7 @@ benchmark (argon2id with up to 1 GiB), which is what os-brick does when it forma
 
 from __future__ import annotations
 
+import binascii
 import json
 import os
 import re
@@ -117,10 +118,16 @@ class LuksInfo:
     data_offset: int
     keyslots: dict[int, dict]
     tokens: dict[str, dict]
+    requirements: tuple[str, ...] = ()  # LUKS2 config.requirements.mandatory
 
     @property
     def active_slots(self) -> list[int]:
         return sorted(self.keyslots)
+
+    @property
+    def reencrypting(self) -> bool:
+        """An interrupted ``cryptsetup reencrypt`` (LUKS2 marks it as a mandatory requirement)."""
+        return any("reencrypt" in r for r in self.requirements)
 
 
 # --- error mapping ---------------------------------------------------------------------------
@@ -230,11 +237,15 @@ def format(
     if luks_type not in LUKS_TYPES:
         raise ByokError(f"unknown LUKS type {luks_type!r}; use luks1 or luks2")
     target = header or path
-    if target.exists() and target.stat().st_size and is_luks(path, header=header):
-        raise VolumeError(
-            f"refusing to format {target}: it already carries a LUKS header",
-            hint="formatting would destroy the volume key; delete the volume instead",
-        )
+    if target.exists() and target.stat().st_size:
+        if is_luks(path, header=header):
+            raise VolumeError(
+                f"refusing to format {target}: it already carries a LUKS header",
+                hint="formatting would destroy the volume key; delete the volume instead",
+            )
+        problem = header_problem(target, "format")
+        if isinstance(problem, HeaderCorrupt):  # a damaged header is a volume, not a blank
+            raise problem
     pol = get_policy(policy)
     args = ["luksFormat", "--batch-mode", "--type", luks_type, "--cipher", cipher,
             "--key-size", str(key_bits), *pol.args(luks_type)]
@@ -254,6 +265,49 @@ def format(
             _run(path, args, what="luksFormat", key=passphrase, pass_fds=(fd,),
                  redact=(volume_key,))
     return dump(path, header=header)
+
+
+def rewrite_header(
+    path: Path,
+    volume_key: Sensitive,
+    passphrase: Sensitive,
+    *,
+    uuid: str,
+    cipher: str,
+    sector_size: int,
+    data_offset: int,
+    policy: str | PbkdfPolicy,
+) -> LuksInfo:
+    """Write a fresh LUKS2 header around a *known* volume key, leaving the data untouched.
+
+    The one place byok writes a header over another: only for finishing a re-encryption whose
+    metadata cryptsetup itself can no longer finalise (see :mod:`byok.rotation`), after the
+    caller has verified ``volume_key`` against the old header's digest and backed that header
+    up. Same UUID, cipher, sector size and data offset; one keyslot for ``passphrase``.
+    """
+    pol = get_policy(policy)
+    if data_offset % 512:
+        raise VolumeError(f"data offset {data_offset} is not a multiple of 512")
+    args = ["luksFormat", "--batch-mode", "--type", "luks2", "--cipher", cipher,
+            "--key-size", str(len(volume_key) * 8), "--sector-size", str(sector_size),
+            "--offset", str(data_offset // 512), "--uuid", uuid, *pol.args("luks2")]
+    with proc.secret_fd(volume_key, "byok-vk") as (fd, fd_path):
+        _run(path, [*args, "--volume-key-file", fd_path, "--key-file=-", str(path)],
+             what="rewrite header", key=passphrase, pass_fds=(fd,), redact=(volume_key,))
+    return dump(path)
+
+
+def repair(path: Path, passphrase: Sensitive) -> None:
+    """``cryptsetup repair``: what cryptsetup asks for after some interrupted reencryptions
+    ("Device requires reencryption recovery")."""
+    _run(path, ["repair", "--batch-mode", "--key-file=-", str(path)], what="repair",
+         key=passphrase, timeout=3600.0)
+
+
+def metadata(path: Path) -> dict:
+    """The LUKS2 JSON metadata as cryptsetup reports it."""
+    res = _run(path, ["luksDump", "--dump-json-metadata", str(path)], what="dump")
+    return json.loads(res.stdout)
 
 
 def test_key(
@@ -327,13 +381,19 @@ def change_key(
 def volume_key(path: Path, passphrase: Sensitive, *, header: Path | None = None) -> Sensitive:
     """The raw volume (master) key, unlocked by ``passphrase`` (no dm).
 
-    cryptsetup insists on creating the output file, so it goes to a private tmpfs directory
-    that is removed before this returns (never to disk)."""
-    with proc.secret_outfile("vk") as out:
-        _run(path, ["luksDump", "--batch-mode", "--dump-volume-key", "--volume-key-file",
-                    str(out), *_header_args(header), "--key-file=-", str(path)],
-             what="read volume key", key=passphrase)
-        return Sensitive(out.read_bytes())
+    Read from cryptsetup's stdout pipe (``MK dump``), never through a file: a file — even on
+    tmpfs — is left behind holding the volume key when byok is killed with -9 mid-call."""
+    res = _run(path, ["luksDump", "--batch-mode", "--dump-volume-key", *_header_args(header),
+                      "--key-file=-", str(path)], what="read volume key", key=passphrase)
+    bits = re.search(rb"MK bits:\s*(\d+)", res.stdout)
+    dumped = re.search(rb"MK dump:\s*((?:[0-9a-fA-F]{2}\s+)+)", res.stdout + b"\n")
+    if not bits or not dumped:
+        raise HeaderCorrupt(f"read volume key: cryptsetup printed no volume key for {path.name}")
+    raw = binascii.unhexlify(re.sub(rb"\s+", b"", dumped.group(1)))
+    if len(raw) * 8 != int(bits.group(1)):
+        raise HeaderCorrupt(f"read volume key: {path.name}: {len(raw) * 8} bits read, "
+                            f"{int(bits.group(1))} announced")
+    return Sensitive(raw)
 
 
 def dump(path: Path, *, header: Path | None = None) -> LuksInfo:
@@ -376,12 +436,13 @@ def dump(path: Path, *, header: Path | None = None) -> LuksInfo:
         version=2,
         uuid=uuid,
         label=label,
-        cipher=seg["encryption"],
+        cipher=seg.get("encryption", seg.get("type", "")),
         key_bits=key_bits,
         sector_size=int(seg.get("sector_size", 512)),
         data_offset=int(seg["offset"]),
         keyslots=slots,
         tokens=dict(meta.get("tokens", {})),
+        requirements=tuple(meta.get("config", {}).get("requirements", {}).get("mandatory", [])),
     )
 
 

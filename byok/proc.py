@@ -16,6 +16,7 @@ Rules enforced here, so no caller can forget them:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import shlex
@@ -63,23 +64,49 @@ class Result:
 
     @property
     def out(self) -> str:
-        return scrub(self.stdout.decode(errors="replace"), self.redact)
+        return scrub(self.stdout, self.redact)
 
     @property
     def err(self) -> str:
-        return scrub(self.stderr.decode(errors="replace"), self.redact)
+        return scrub(self.stderr, self.redact)
 
     def tail(self, lines: int = 6) -> str:
         text = (self.err.strip() or self.out.strip()).splitlines()
         return "\n".join(text[-lines:])
 
 
-def scrub(text: str, secrets: Sequence[Sensitive]) -> str:
-    """Replace every encoding of every secret in ``text`` by ``***``."""
+def scrub(data: bytes, secrets: Sequence[Sensitive]) -> str:
+    """``data`` as text with every encoding of every secret (raw, hex, base64) replaced by
+    ``***``. Works on the bytes, before decoding, so raw key bytes are found too."""
     for s in secrets:
         for form in s.forms():
-            text = text.replace(form.decode(errors="ignore"), "***")
-    return text
+            data = data.replace(form, b"***")
+    return data.decode(errors="replace")
+
+
+# Descriptors every child inherits while set (see :func:`inheriting`).
+_inherited: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar(
+    "byok_inherited_fds", default=()
+)
+
+
+@contextlib.contextmanager
+def inheriting(fd: int) -> Iterator[None]:
+    """Every command started in this block inherits ``fd``.
+
+    Used for resource locks (flock): a child holding the lock descriptor keeps the lock until
+    *it* exits, so when byok is killed with -9 mid-operation, an orphaned cryptsetup still
+    writing a header keeps the volume locked and the next run waits for it instead of racing it.
+    """
+    token = _inherited.set((*_inherited.get(), fd))
+    try:
+        yield
+    finally:
+        _inherited.reset(token)
+
+
+def _fds(pass_fds: Sequence[int]) -> tuple[int, ...]:
+    return tuple(dict.fromkeys((*pass_fds, *_inherited.get())))
 
 
 def which(program: str) -> str:
@@ -145,7 +172,7 @@ def run(
         stderr=subprocess.PIPE,
         env=dict(env) if env is not None else None,
         cwd=cwd,
-        pass_fds=tuple(pass_fds),
+        pass_fds=_fds(pass_fds),
         start_new_session=True,
     )
     try:
@@ -234,7 +261,7 @@ def start(
         stderr=subprocess.PIPE,
         env=dict(env) if env is not None else None,
         cwd=cwd,
-        pass_fds=tuple(pass_fds),
+        pass_fds=_fds(pass_fds),
         start_new_session=True,
     )
     if input is not None and proc.stdin is not None:
@@ -308,20 +335,6 @@ def pid_cwd(pid: int) -> Path | None:
         return Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
         return None
-
-
-@contextlib.contextmanager
-def secret_outfile(name: str = "secret") -> Iterator[Path]:
-    """A path in a fresh 0700 directory on tmpfs (/dev/shm) for a program that insists on
-    *creating* its secret output file; the directory is removed on exit, whatever happens."""
-    import tempfile
-
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - RAM, private dir
-    d = Path(tempfile.mkdtemp(prefix="byok-", dir=base))
-    try:
-        yield d / name
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -29,8 +29,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from byok import guard, luks, paths
-from byok.errors import ByokError, HeaderCorrupt, NotLuks, RotationError, WrongKey
+from byok import guard, luks, luksheader, paths, recovery
+from byok.errors import (
+    ByokError,
+    HeaderCorrupt,
+    KeyAccessDenied,
+    KeyNotFound,
+    KeyTypeMismatch,
+    NotLuks,
+    RotationError,
+    WrongKey,
+)
 from byok.sensitive import Sensitive
 
 PHASES = ("started", "backed-up", "added", "verified", "removed", "done")
@@ -79,6 +88,11 @@ def rotate(svc, rid: str, new_key_ref: str, *, policy: str | None = None,
            resume_only: bool = False):
     """Rotate ``rid`` to ``new_key_ref`` (or finish an interrupted rotation first)."""
     pool = svc.pool
+    if reencrypt_journal_for(svc, rid).read() is not None:
+        # An interrupted re-encryption owns the volume: finish it (it includes a rotation).
+        rec, _ = reencrypt(svc, rid, resume_only=True)
+        if resume_only or svc.resolver.parse(new_key_ref).href == rec.key_ref:
+            return rec
     with pool.lock(rid, shared=False, wait=1.0):
         journal = journal_for(svc, rid)
         pending = journal.read()
@@ -101,19 +115,24 @@ def _rotate(svc, rid: str, new_key_ref: str, policy: str | None, journal: Journa
     new_ref = svc.resolver.parse(new_key_ref)
     if new_ref.href == rec.key_ref:
         raise RotationError(f"{rid} already uses key {new_ref.secret_id}")
-    svc._bind(new_ref, rid, rec.kind)  # the user may use the new key; consumer registered
-    new_km, new_pw = svc.passphrase(new_ref)
+    new_km, new_pw = svc.passphrase(new_ref)  # the user may read the new key (no side effect)
     old_slot = _opens(path, old_pw)
     if old_slot is None:
         raise RotationError(f"the recorded key of {rid} does not open it; nothing changed")
     doc = {"phase": "started", "volume": rid, "old_ref": rec.key_ref, "new_ref": new_ref.href,
            "old_slot": old_slot, "started_at": time.time()}
-    journal.write(doc)
+    journal.write(doc)  # first, so that a rollback also releases the consumer registered next
     rec.state = "rotating"
     pool.save(rec)
+    try:
+        svc._bind(new_ref, rid, rec.kind)  # the volume becomes a consumer of the new key
+    except BaseException:
+        rec.state = "available"
+        pool.save(rec)
+        journal.clear()
+        raise
     crash_point("started")
-    stamp = time.strftime("%Y%m%dT%H%M%S") + f"{time.time() % 1:.6f}"[1:]
-    backup = pool.root / "headers" / f"{rid}-{stamp}-pre-rotate.hdr"
+    backup = pool.header_backup_path(rid, "-pre-rotate")
     luks.header_backup(path, backup)
     doc |= {"phase": "backed-up", "header_backup": str(backup)}
     journal.write(doc)
@@ -150,6 +169,29 @@ def _finish(svc, rid: str, doc: dict, journal: Journal, old_ref: str):
     return rec
 
 
+def _passphrase_if_available(svc, ref: str | None) -> Sensitive | None:
+    """The key's passphrase, or None if Barbican no longer gives it to the user.
+
+    A user who rotates because a key is compromised may delete the old key before a crashed
+    rotation is resumed (or the new one, having changed their mind). Resume decides from what
+    is still available *and* opens; an outage (KeyServiceUnavailable) is not "unavailable" —
+    it propagates, because deciding on it could roll back a finished rotation.
+    """
+    if not ref:
+        return None
+    try:
+        return svc.passphrase(ref)[1]
+    except (KeyNotFound, KeyAccessDenied, KeyTypeMismatch):
+        return None
+
+
+def _active(path: Path) -> set[int]:
+    try:
+        return set(luks.dump(path).active_slots)
+    except ByokError:
+        return set()
+
+
 def _resume(svc, rid: str, doc: dict, journal: Journal):
     """Finish or roll back an interrupted rotation from what the header opens with."""
     pool = svc.pool
@@ -157,14 +199,20 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
     rec = pool.load(rid)
     old_ref = doc.get("old_ref") or rec.key_ref
     new_ref = doc.get("new_ref")
-    old_pw = svc.passphrase(old_ref)[1]
-    new_pw = svc.passphrase(new_ref)[1] if new_ref else None
+    old_pw = _passphrase_if_available(svc, old_ref)
+    new_pw = _passphrase_if_available(svc, new_ref)
+    if old_pw is None and new_pw is None:
+        raise RotationError(
+            f"{rid}: neither the old nor the new key of the interrupted rotation can be read "
+            "from Barbican any more; nothing was changed",
+            hint="offline recovery still works with either key's bytes: byok recover",
+        )
     try:
-        old_slot = _opens(path, old_pw)
+        old_slot = _opens(path, old_pw) if old_pw else None
         new_slot = _opens(path, new_pw) if new_pw else None
     except (HeaderCorrupt, NotLuks):
         old_slot = new_slot = None
-    if old_slot is None and new_slot is None:
+    if old_slot is None and new_slot is None and old_pw is not None:
         backup = doc.get("header_backup")
         if not backup or not Path(backup).exists():
             raise RotationError(
@@ -176,13 +224,26 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
         if old_slot is None:
             raise RotationError(f"{rid}: the pre-rotation header backup does not open either")
     if new_slot is not None:  # the new key is in: complete
-        if old_slot is not None and old_slot != new_slot:
-            luks.kill_slot(path, old_slot, authorising=new_pw)
+        # The old slot is known from the journal even when the old key itself is gone.
+        stale = old_slot if old_slot is not None else doc.get("old_slot")
+        if stale is not None and stale != new_slot and stale in _active(path):
+            luks.kill_slot(path, stale, authorising=new_pw)
         doc["phase"] = "removed"
         doc["resumed"] = True
         journal.write(doc)
         return _finish(svc, rid, doc, journal, old_ref)
-    # Only the old key opens: roll back (nothing of the new key is usable).
+    if old_slot is None:
+        raise RotationError(
+            f"{rid}: only the new key was added, but Barbican no longer gives the new key and "
+            "the old one does not open the header; nothing was changed",
+            hint="restore the pre-rotation header (byok volume header-restore) or recover "
+            "offline with the new key's bytes",
+        )
+    # Only the old key opens: roll back. If the new key's slot was added but that key can no
+    # longer be read (deleted by its owner), wipe the slot: nothing may open with it later.
+    added = doc.get("new_slot")
+    if new_pw is None and added is not None and added != old_slot and added in _active(path):
+        luks.kill_slot(path, added, authorising=old_pw)
     rec.state = "available"
     rec.history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "op": "rotation rolled back", "to": new_ref})
@@ -195,33 +256,142 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
     return rec
 
 
-def reencrypt(svc, rid: str, new_key_ref: str, *, policy: str | None = None):
-    """Full re-encryption: a new volume key for all data, then the new user key (LUKS2)."""
+def reencrypt_journal_for(svc, rid: str) -> Journal:
+    return Journal(svc.pool.root / "journal" / f"{rid}.reencrypt.json")
+
+
+def reencrypt(svc, rid: str, new_key_ref: str | None = None, *, policy: str | None = None,
+              resume_only: bool = False):
+    """Full re-encryption: a new volume key for all data, then the new user key (LUKS2).
+
+    Journaled like rotation, under one exclusive lock from start to end: ``started`` (the
+    volume is ``reencrypting``; nothing may copy it) → cryptsetup's own resilient LUKS2
+    reencryption → ``reencrypted`` (the volume key changed; the escrow slot, which
+    reencryption does not keep, is dropped from the record only now) → the keyslot rotation to
+    the new user key (its own journal) → done. After a crash, calling this again (or
+    ``rotate --resume``) resumes cryptsetup's reencryption where it stopped and goes on.
+    Returns ``(record, seconds of re-encryption)``.
+    """
     pool = svc.pool
     with pool.lock(rid, shared=False, wait=1.0):
-        rec = pool.load(rid)
-        path = pool.path(rid)
-        if rec.luks_type != "luks2":
-            raise RotationError(
-                f"{rid} is LUKS1; offline re-encryption needs LUKS2 (LUKS1 reencrypt needs dm)",
-                hint="convert it (cryptsetup convert --type luks2) or re-encrypt in the guest",
-            )
-        old_pw = svc.passphrase(rec.key_ref)[1]
-        old_slot = _opens(path, old_pw)
-        if old_slot is None:
-            raise RotationError(f"the recorded key of {rid} does not open it")
-        if rec.escrow_ref:  # reencrypt keeps only the user's slot: the escrow slot is gone
-            rec.escrow_ref = None
-            rec.history.append({"op": "escrow slot dropped by re-encryption"})
-            pool.save(rec)
-        before = luks.volume_key(path, old_pw).fingerprint()
-        t0 = time.monotonic()
-        luks.reencrypt(path, old_pw, slot=old_slot)
-        seconds = time.monotonic() - t0
-        after = luks.volume_key(path, old_pw).fingerprint()
-        if before == after:
-            raise RotationError(f"re-encryption of {rid} did not change its volume key")
-    rec = rotate(svc, rid, new_key_ref, policy=policy)
-    rec.history.append({"op": "reencrypt", "seconds": round(seconds, 3)})
+        journal = reencrypt_journal_for(svc, rid)
+        doc = journal.read()
+        if doc is None:
+            if resume_only:
+                return pool.load(rid), 0.0
+            if not new_key_ref:
+                raise RotationError("re-encryption needs the new user key (--key-ref)")
+            doc = _reencrypt_start(svc, rid, new_key_ref, journal)
+        return _reencrypt_continue(svc, rid, doc, journal, policy)
+
+
+def _reencrypt_start(svc, rid: str, new_key_ref: str, journal: Journal) -> dict:
+    pool = svc.pool
+    rec = pool.load(rid)
+    path = pool.path(rid)
+    if rec.state in ("rotating", "new-blank"):
+        raise RotationError(f"{rid} is {rec.state}; resume or format it first")
+    if rec.luks_type != "luks2":
+        raise RotationError(
+            f"{rid} is LUKS1; offline re-encryption needs LUKS2 (LUKS1 reencrypt needs dm)",
+            hint="convert it (cryptsetup convert --type luks2) or re-encrypt in the guest",
+        )
+    new_ref = svc.resolver.parse(new_key_ref).href
+    svc.passphrase(new_ref)  # the user may use the new key: fail before anything changes
+    old_pw = svc.passphrase(rec.key_ref)[1]
+    old_slot = _opens(path, old_pw)
+    if old_slot is None:
+        raise RotationError(f"the recorded key of {rid} does not open it")
+    doc = {"phase": "started", "volume": rid, "old_ref": rec.key_ref, "new_ref": new_ref,
+           "old_slot": old_slot, "escrow_ref": rec.escrow_ref, "started_at": time.time(),
+           "volume_key_before": luks.volume_key(path, old_pw).fingerprint()}
+    journal.write(doc)
+    rec.state = "reencrypting"
     pool.save(rec)
-    return rec, seconds
+    crash_point("reencrypt:started")
+    return doc
+
+
+def finish_interrupted_reencryption(svc, rid: str, pw: Sensitive, policy) -> str:
+    """Bring cryptsetup's interrupted LUKS2 reencryption of ``rid`` to its end; say how.
+
+    ``resume`` (``--resume-only``) is the normal way; some interruptions need ``repair``
+    first. Measured here (cryptsetup 2.6.1, kill -9 at random moments): kills in the last
+    moments leave the data wholly re-encrypted — segment 0, the whole device, bound to the new
+    key's digest — but the old keyslot already wiped while the reencrypt requirement is still
+    set; resume and repair then both fail because they want the old key too. That header is
+    *rebuilt*: the new volume key is read with byok's own LUKS2 reader, checked against its
+    digest, the old header is backed up, and a fresh header with the same UUID, cipher, sector
+    size and data offset is written around the same key; the data is not touched.
+    """
+    path = svc.pool.path(rid)
+    for how in ("resume", "repair", "resume"):
+        with contextlib.suppress(ByokError):
+            if how == "repair":
+                luks.repair(path, pw)
+            else:
+                luks.reencrypt(path, pw, resume=True)
+        if not luks.dump(path).reencrypting:
+            return how
+    meta = luks.metadata(path)
+    live = {k: v for k, v in meta.get("segments", {}).items()
+            if not any(f.startswith("backup-") for f in v.get("flags", []))}
+    seg = live.get("0", {})
+    if list(live) != ["0"] or seg.get("type") != "crypt" or seg.get("size") != "dynamic":
+        raise RotationError(
+            f"{rid}: cryptsetup cannot finish its interrupted re-encryption and the data is "
+            "split between two volume keys; nothing was changed",
+            hint="keep the volume as it is and run 'cryptsetup reencrypt --resume-only' with "
+            "the key by hand, or recover offline from a backup",
+        )
+    digest = next(d for d in meta["digests"].values() if "0" in d.get("segments", []))
+    header = luksheader.read(str(path))
+    unlocked = recovery.unlock(header, path, pw)
+    if str(unlocked.slot) not in digest.get("keyslots", []):
+        raise RotationError(f"{rid}: the key opens a slot that is not bound to the data")
+    luks.header_backup(path, svc.pool.header_backup_path(rid, "-pre-rebuild"))
+    luks.rewrite_header(path, unlocked.volume_key, pw, uuid=header.uuid,
+                        cipher=str(seg["encryption"]), sector_size=int(seg["sector_size"]),
+                        data_offset=int(seg["offset"]), policy=policy)
+    if luks.volume_key(path, pw) != unlocked.volume_key:
+        raise RotationError(f"{rid}: the rebuilt header does not carry the volume key")
+    return "rebuilt"
+
+
+def _reencrypt_continue(svc, rid: str, doc: dict, journal: Journal, policy: str | None):
+    pool = svc.pool
+    path = pool.path(rid)
+    old_pw = svc.passphrase(doc["old_ref"])[1]
+    if doc["phase"] == "started":
+        t0 = time.monotonic()
+        if luks.dump(path).reencrypting:  # cryptsetup was interrupted: let it finish its work
+            doc["finished_by"] = finish_interrupted_reencryption(
+                svc, rid, old_pw, policy or luks.policy_for(pool.load(rid).secret_type))
+        elif luks.volume_key(path, old_pw).fingerprint() == doc["volume_key_before"]:
+            luks.reencrypt(path, old_pw, slot=doc["old_slot"])
+        # else: cryptsetup had finished when the crash came
+        if luks.volume_key(path, old_pw).fingerprint() == doc["volume_key_before"]:
+            raise RotationError(f"re-encryption of {rid} did not change its volume key")
+        doc |= {"phase": "reencrypted",
+                "seconds": round(doc.get("seconds", 0) + time.monotonic() - t0, 3)}
+        journal.write(doc)
+        crash_point("reencrypt:reencrypted")
+    rec = pool.load(rid)
+    if doc.get("escrow_ref") and rec.escrow_ref:
+        # Reencryption keeps only the user's slot: the escrow slot is gone with the old volume
+        # key, so its secret in the service project can go too.
+        svc.drop_escrow_secret(rec.escrow_ref)
+        rec.escrow_ref = None
+        rec.history.append({"op": "escrow slot dropped by re-encryption"})
+    if rec.state == "reencrypting":
+        rec.state = "available"
+    pool.save(rec)
+    rot = journal_for(svc, rid)
+    if rot.read() is not None:
+        rec = _resume(svc, rid, rot.read() or {}, rot)
+    if rec.key_ref != doc["new_ref"]:
+        rec = _rotate(svc, rid, doc["new_ref"], policy, rot)
+    rec.history.append({"op": "reencrypt", "seconds": doc.get("seconds")})
+    pool.save(rec)
+    journal.clear()
+    return rec, float(doc.get("seconds") or 0.0)

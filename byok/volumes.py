@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import threading
 import time
@@ -36,13 +37,22 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from byok import guard, keys, luks, paths, sparse
+from byok import guard, keys, luks, paths, proc, sparse
 from byok.barbican_api import DEFAULT_DEADLINE
-from byok.errors import ByokError, KeyNotFound, VolumeBusy, VolumeError, VolumeNotFound
+from byok.errors import (
+    ByokError,
+    KeyNotFound,
+    VolumeBusy,
+    VolumeError,
+    VolumeNotFound,
+    WrongKey,
+)
 from byok.identity import Identity
 from byok.keyref import KeyRef
 from byok.keys import KeyMaterial, Resolver
 from byok.sensitive import Sensitive
+
+LOG = logging.getLogger(__name__)
 
 KINDS = ("volume", "snapshot", "backup", "image")
 
@@ -60,7 +70,7 @@ class VolumeRecord:
     cipher: str = luks.DEFAULT_CIPHER
     key_bits: int = 512
     name: str = ""
-    state: str = "available"  # available | new-blank | rotating | error
+    state: str = "available"  # available | new-blank | rotating | reencrypting | error
     key_owner: str = "user"
     project_id: str = ""
     user_id: str = ""
@@ -113,6 +123,11 @@ class Pool:
                 out.append(rec)
         return out
 
+    def header_backup_path(self, rid: str, suffix: str = "") -> Path:
+        """A new header backup name; UTC stamps, so names sort by time."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        return self.root / "headers" / f"{rid}-{stamp}{suffix}.hdr"
+
     @contextlib.contextmanager
     def lock(self, rid: str, *, shared: bool, wait: float = 30.0) -> Iterator[None]:
         """flock on the resource: many readers (copies) or one writer (rotate, delete...)."""
@@ -132,9 +147,19 @@ class Pool:
                             "with: byok volume rotate VOL --resume",
                         ) from None
                     time.sleep(0.02)
-            yield
+            with proc.inheriting(fd):  # children (cryptsetup) hold the lock until they exit
+                yield
         finally:
-            os.close(fd)  # releases the flock
+            os.close(fd)  # releases the flock (once no child holds it either)
+
+
+def _refuse_if_busy(rec: VolumeRecord, consequence: str = "") -> None:
+    """VolumeBusy if a crashed rotation or re-encryption still owns ``rec``."""
+    if rec.state in ("rotating", "reencrypting"):
+        what = "rotation" if rec.state == "rotating" else "re-encryption"
+        raise VolumeBusy(f"{rec.id} has an unfinished {what}" +
+                         (f"; {consequence}" if consequence else ""),
+                         hint=f"finish it first: byok volume rotate {rec.id} --resume")
 
 
 def _now() -> str:
@@ -249,21 +274,22 @@ class VolumeService:
         """Remove the resource and its consumer; the user's key stays in Barbican."""
         with self.pool.lock(rid, shared=False):
             rec = self.pool.load(rid)
-            if rec.state == "rotating":
-                raise VolumeBusy(f"{rid} has an unfinished rotation",
-                                 hint=f"finish it first: byok volume rotate {rid} --resume")
+            _refuse_if_busy(rec)
             self._release(rec)
-            if rec.escrow_ref and self.service is not None:
-                with contextlib.suppress(ByokError):
-                    Resolver(self.service, endpoint=self.endpoint).api.delete(
-                        KeyRef(rec.escrow_ref.rsplit("/", 1)[1], self.endpoint), force=True)
+            if rec.escrow_ref:
+                self.drop_escrow_secret(rec.escrow_ref)
             self.pool.remove(rid)
+            for hdr in self.header_backups(rid):  # they hold keyslots: they go with the volume
+                hdr.unlink(missing_ok=True)
 
     # -- copies ------------------------------------------------------------------------------
     def _copy(self, src_id: str, kind: str, *, key_ref: str | None = None,
               name: str = "") -> VolumeRecord:
         with self._reading(src_id):
             src = self.pool.load(src_id)
+            # Only a crashed rotation leaves these states behind (a live one holds the
+            # exclusive lock): its header and record disagree until it is resumed.
+            _refuse_if_busy(src, "nothing was copied")
             if src.state == "new-blank" and kind != "volume":
                 raise VolumeError(f"{src_id} was never formatted; attach it once first")
             km = self.key(src.key_ref)
@@ -397,6 +423,17 @@ class VolumeService:
             if slot != keep:
                 luks.kill_slot(path, slot, authorising=user_pw)
 
+    def drop_escrow_secret(self, escrow_ref: str) -> None:
+        """Delete a volume's escrow secret (the deployment's, never the user's); best effort,
+        and only with the service identity that holds it."""
+        if self.service is None:
+            LOG.warning("escrow secret %s kept: no service identity to delete it with",
+                        escrow_ref)
+            return
+        with contextlib.suppress(ByokError):
+            Resolver(self.service, endpoint=self.endpoint).api.delete(
+                KeyRef(escrow_ref.rsplit("/", 1)[1], self.endpoint), force=True)
+
     def escrow_passphrase(self, rec: VolumeRecord) -> Sensitive:
         """The deployment's escrow passphrase of ``rec`` (service identity)."""
         if not rec.escrow_ref or self.service is None:
@@ -407,21 +444,56 @@ class VolumeService:
     # -- headers -----------------------------------------------------------------------------
     def header_backup(self, rid: str) -> Path:
         with self.pool.lock(rid, shared=True):
-            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-            return luks.header_backup(self.pool.path(rid),
-                                      self.pool.root / "headers" / f"{rid}-{stamp}.hdr")
+            return luks.header_backup(self.pool.path(rid), self.pool.header_backup_path(rid))
 
     def header_backups(self, rid: str) -> list[Path]:
-        return sorted((self.pool.root / "headers").glob(f"{rid}-*.hdr"))
+        """Header backups of ``rid``, newest first (rotation's own pre-rotation copies too)."""
+        return sorted((self.pool.root / "headers").glob(f"{rid}-*.hdr"), reverse=True)
 
     def header_restore(self, rid: str, backup: Path | None = None) -> Path:
-        backups = self.header_backups(rid)
-        chosen = backup or (backups[-1] if backups else None)
-        if chosen is None:
-            raise VolumeError(f"no header backup of {rid}",
-                              hint=f"make one while the volume is healthy: byok volume "
-                              f"header-backup {rid}")
+        """Write back a header backup that opens with the volume's *current* key.
+
+        A header backup keeps the keyslots of its time: one taken before a rotation opens only
+        with the old key, so restoring it would lock the recorded key out (and revive a key the
+        user may have revoked). Without ``backup`` the newest backup that opens with the
+        recorded key and carries the volume's LUKS UUID is chosen; an explicit ``backup`` must
+        pass the same checks.
+        """
         with self.pool.lock(rid, shared=False):
-            luks.header_restore(self.pool.path(rid), chosen)
-        return chosen
+            rec = self.pool.load(rid)
+            _refuse_if_busy(rec, "nothing was written")
+            pw = self.passphrase(rec.key_ref)[1]
+            candidates = [backup] if backup else self.header_backups(rid)
+            if not candidates:
+                raise VolumeError(f"no header backup of {rid}",
+                                  hint=f"make one while the volume is healthy: byok volume "
+                                  f"header-backup {rid}")
+            refused = []
+            for cand in candidates:
+                why = self._header_mismatch(cand, rec, pw)
+                if why is None:
+                    luks.header_restore(self.pool.path(rid), cand)
+                    luks.test_key(self.pool.path(rid), pw)  # it opens now, or a typed error
+                    rec.history.append({"at": _now(), "op": f"header restored from {cand.name}"})
+                    self.pool.save(rec)
+                    return cand
+                refused.append(f"{cand.name}: {why}")
+            raise VolumeError(
+                f"no header backup of {rid} opens with its current key; nothing was written",
+                hint="; ".join(refused[:5]),
+            )
+
+    @staticmethod
+    def _header_mismatch(backup: Path, rec: VolumeRecord, pw: Sensitive) -> str | None:
+        """Why ``backup`` must not be restored onto ``rec`` (None: it may)."""
+        try:
+            info = luks.dump(backup)
+            if rec.luks_uuid and info.uuid != rec.luks_uuid:
+                return f"belongs to LUKS volume {info.uuid}, not {rec.luks_uuid}"
+            luks.test_key(backup, pw)
+        except WrongKey:
+            return "does not open with the current key (taken before a rotation?)"
+        except ByokError as e:
+            return e.message
+        return None
 

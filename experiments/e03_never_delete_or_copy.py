@@ -31,16 +31,22 @@ def run(ctx):
         ref, raw = ctx.user_key("alice", "aes512")
         before = api.count_secrets()
         vol = str(uuid.uuid4())
-        made = []
         with volume_scope(vol):
-            for _op in ("clone", "backup", "upload"):
-                made.append(km.store(cctx, km.get(cctx, ref.secret_id)))
+            km.get(cctx, ref.secret_id)  # the original volume's attach
+        made = []
+        for op in ("clone", "backup", "upload"):  # each makes a new resource of its own
+            copy_vol = f"{op}-{uuid.uuid4()}"
+            with volume_scope(copy_vol):
+                made.append((copy_vol, km.store(cctx, km.get(cctx, ref.secret_id))))
         after_copies = api.count_secrets()
-        for new_id in made:  # the copies' volumes are deleted
-            with volume_scope(f"copy-{new_id}"):
+        consumers = {c["resource_id"] for c in api.consumers(ref)}
+        for copy_vol, new_id in made:  # the copies are deleted
+            with volume_scope(copy_vol):
                 km.delete(cctx, new_id)
         with volume_scope(vol):
             km.delete(cctx, ref.secret_id)  # the original volume is deleted
+        left = api.consumers(ref) if backend == "byok" else []
+        made = [m for _, m in made]
         try:
             alive = keys.Resolver(alice, endpoint=ctx.env.barbican_url).resolve(ref)
             alive_ok = alive.payload.reveal() == raw
@@ -55,6 +61,11 @@ def run(ctx):
             ctx.check("byok: store(get(user key)) returned the user's own id every time",
                       all(m == ref.secret_id for m in made))
             ctx.check("byok: the user's key survives the volume delete, bytes unchanged", alive_ok)
+            ctx.check("byok: every volume using the key was its consumer (1 + 3 copies)",
+                      len(consumers) == 4, f"{len(consumers)} consumers")
+            ctx.check("byok: deleting the volumes removed every consumer", left == [],
+                      f"{len(left)} left")
+            ctx.measure("consumers_while_in_use:byok", len(consumers), "consumers")
         else:
             ctx.check("stock barbican backend (contrast): each copy is a new secret",
                       after_copies - before == 3, f"{after_copies - before} new")

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from byok import keys, luks, recovery, rotation
-from byok.errors import VolumeBusy, WrongKey
+from byok.errors import VolumeBusy, VolumeError, WrongKey
 from byok.pattern import pattern
 from byok.volumes import Pool, VolumeService
 
@@ -119,3 +119,128 @@ def test_full_reencryption_changes_the_volume_key_and_keeps_the_data(svc, make_k
     # The image made before still has the old volume key and opens with the old user key:
     # re-encryption revokes the volume, not copies made earlier.
     assert luks.volume_key(svc.pool.path(img.id), keys.passphrase(svc.key(old))) == vk_before
+
+
+def _crash_rotation_at(svc, vol_id, new_ref, point):
+    env = os.environ | {"BYOK_POOL_DIR": str(svc.pool.root), "BYOK_CRASH_AT": point}
+    r = subprocess.run([sys.executable, "-m", "byok.cli", "volume", "rotate", vol_id,
+                        "--key-ref", new_ref, "--as", "alice"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+
+
+def test_resume_completes_when_the_user_deleted_the_old_key_meanwhile(svc, make_key, barbican):
+    """The usual reason to rotate is a compromised key, which the user then deletes — maybe
+    before the crashed rotation is resumed. Resume finishes with the new key alone."""
+    old, _ = make_key("alice")
+    new, _ = make_key("alice")
+    vol = svc.create(SIZE, old.href)
+    _crash_rotation_at(svc, vol.id, new.href, "verified")  # both slots in, old not yet removed
+    barbican("alice").delete(old, force=True)
+    rec = rotation.rotate(svc, vol.id, "", resume_only=True)
+    assert rec.key_ref == new.href and rec.state == "available"
+    assert len(luks.dump(svc.pool.path(vol.id)).active_slots) == 1  # the old slot is wiped
+    assert opens(svc, vol.id, new)
+
+
+def test_resume_rolls_back_and_wipes_the_slot_of_a_deleted_new_key(svc, make_key, barbican):
+    old, _ = make_key("alice")
+    new, _ = make_key("alice")
+    vol = svc.create(SIZE, old.href)
+    _crash_rotation_at(svc, vol.id, new.href, "added")
+    assert len(luks.dump(svc.pool.path(vol.id)).active_slots) == 2
+    barbican("alice").delete(new, force=True)  # the user changed their mind
+    rec = rotation.rotate(svc, vol.id, "", resume_only=True)
+    assert rec.key_ref == old.href and rec.state == "available"
+    assert len(luks.dump(svc.pool.path(vol.id)).active_slots) == 1  # nothing else opens it
+    assert opens(svc, vol.id, old)
+
+
+def test_a_crashed_rotation_blocks_copies_and_header_restore_until_resumed(svc, make_key):
+    old, _ = make_key("alice")
+    new, _ = make_key("alice")
+    vol = svc.create(SIZE, old.href)
+    svc.header_backup(vol.id)
+    _crash_rotation_at(svc, vol.id, new.href, "removed")  # header: new only; record: old
+    before = {r.id for r in svc.pool.list()}
+    for op in (lambda: svc.clone(vol.id), lambda: svc.backup(vol.id),
+               lambda: svc.header_restore(vol.id), lambda: svc.delete(vol.id)):
+        with pytest.raises(VolumeBusy, match="unfinished rotation"):
+            op()
+    assert {r.id for r in svc.pool.list()} == before  # no stuck half-copy
+    rotation.rotate(svc, vol.id, "", resume_only=True)
+    clone = svc.clone(vol.id)
+    assert clone.key_ref == new.href and opens(svc, clone.id, new)
+
+
+def test_header_restore_never_brings_back_a_pre_rotation_header(svc, make_key):
+    """A header backup keeps the keyslots of its time. After a rotation, the pre-rotation
+    copies open only with the old key; restore picks the newest one that opens with the
+    current key, and refuses an explicit old one."""
+    old, _ = make_key("alice")
+    new, _ = make_key("alice")
+    vol = svc.create(SIZE, old.href)
+    before_rotation = svc.header_backup(vol.id)
+    rotation.rotate(svc, vol.id, new.href)  # takes its own pre-rotation backup too
+    after_rotation = svc.header_backup(vol.id)
+    path = svc.pool.path(vol.id)
+    with open(path, "r+b") as f:
+        f.write(bytes(1 << 20))  # the header is gone
+    with pytest.raises(VolumeError, match="opens with its current key"):
+        svc.header_restore(vol.id, before_rotation)
+    assert svc.header_restore(vol.id) == after_rotation
+    assert opens(svc, vol.id, new) and not opens(svc, vol.id, old)
+    # Another volume's header is refused by UUID, even with the same key.
+    other = svc.create(SIZE, new.href)
+    with pytest.raises(VolumeError, match="belongs to LUKS volume"):
+        svc.header_restore(vol.id, svc.header_backup(other.id))
+    svc.delete(vol.id)
+    assert svc.header_backups(vol.id) == []  # backups hold keyslots: they go with the volume
+
+
+def test_a_killed_operation_keeps_the_volume_locked_while_its_cryptsetup_runs(svc, make_key):
+    """The lock descriptor is inherited by byok's children: if byok dies with -9, an orphaned
+    child still holds the volume's lock until it exits, so no resume can race it."""
+    from byok import proc
+
+    vol = svc.create(SIZE, make_key("alice")[0].href)
+    pid = os.fork()
+    if pid == 0:
+        with svc.pool.lock(vol.id, shared=False):
+            child = proc.start(["sleep", "3"])
+            os.kill(os.getpid(), signal.SIGKILL)  # the operation dies; its child lives on
+            child.wait()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with pytest.raises(VolumeBusy):
+        with svc.pool.lock(vol.id, shared=False, wait=0.5):
+            pass
+    with svc.pool.lock(vol.id, shared=False, wait=10):  # free once the orphan has exited
+        pass
+
+
+@pytest.mark.parametrize("point", ["reencrypt:started", "reencrypt:reencrypted", "added"])
+def test_reencryption_crash_at_a_step_resumes_to_the_new_key(svc, make_key, tmp_path, point):
+    old, _ = make_key("alice")
+    new, _ = make_key("alice")
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(pattern(5, 4 << 20))
+    vol = svc.create_from_image(svc.image_from_raw(raw, old.href).id)
+    path = svc.pool.path(vol.id)
+    vk_before = luks.volume_key(path, keys.passphrase(svc.key(old)))
+    env = os.environ | {"BYOK_POOL_DIR": str(svc.pool.root), "BYOK_CRASH_AT": point}
+    r = subprocess.run([sys.executable, "-m", "byok.cli", "volume", "reencrypt", vol.id,
+                        "--key-ref", new.href, "--as", "alice"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert svc.pool.load(vol.id).state in ("reencrypting", "rotating")
+    with pytest.raises(VolumeBusy):
+        svc.clone(vol.id)
+    rec = rotation.rotate(svc, vol.id, "", resume_only=True)
+    assert rec.key_ref == new.href and rec.state == "available"
+    assert not rotation.reencrypt_journal_for(svc, vol.id).path.exists()
+    new_pw = keys.passphrase(svc.key(new))
+    assert luks.volume_key(path, new_pw) != vk_before
+    out = tmp_path / "out.plain"
+    recovery.recover(path, out, passphrase=new_pw)
+    assert out.read_bytes() == raw.read_bytes()

@@ -1,8 +1,8 @@
-"""Crash injection: kill -9 at every step of format, rotate, rekey, clone, restore and header
-restore — at byok's named crash points and at random moments inside cryptsetup and the copies —
->= 200 crashes in total. After each: the volume opens with the old or the new key and its
-plaintext is unchanged; the next run completes or rolls back; copies leave the source intact
-and either no record or a valid one."""
+"""Crash injection: kill -9 at every step of format, rotate, rekey, full re-encryption, clone,
+restore and header restore — at byok's named crash points and at random moments inside
+cryptsetup and the copies — >= 200 crashes in total. After each: the volume opens with the old
+or the new key and its plaintext is unchanged; the next run completes or rolls back; copies
+leave the source intact and either no record or a valid one."""
 
 from __future__ import annotations
 
@@ -148,6 +148,7 @@ def test_rotation_crashes_at_every_step_and_at_random(world):
     points = [p for p in (*rotation.PHASES[:-1], "saved") for _ in range(5)]
     injected, trials = 0, 0
     while injected < len(points) + 50:
+        assert trials < 4 * (len(points) + 50), "crash points not reached: the loop would spin"
         point = points[injected] if injected < len(points) else None
         new = keys_[1 + trials % 3]
         trials += 1
@@ -177,8 +178,10 @@ def test_copy_operations_crash_leaving_source_intact(world):
            ("restore", lambda: svc.restore(bkp.id)),
            ("create", lambda: svc.create(32 << 20, keys_[1].href))]
     for name, op in ops:
-        injected, duration = 0, 0.3
+        injected, duration, trials = 0, 0.3, 0
         while injected < 25:
+            trials += 1
+            assert trials < 200, f"{name}: the kills never land (operation too fast?)"
             outcome, elapsed = crash(svc, op, delay=RNG.uniform(0.02, 0.9 * duration),
                                      whole_tree=RNG.random() < .5)
             if killed(outcome):
@@ -205,8 +208,10 @@ def test_header_restore_crashes(world):
     vol = svc.clone(template.id)
     path = svc.pool.path(vol.id)
     svc.header_backup(vol.id)
-    injected, duration = 0, 0.05
+    injected, duration, trials = 0, 0.05, 0
     while injected < 20:
+        trials += 1
+        assert trials < 200, "header restore: the kills never land"
         with open(path, "r+b") as f:
             f.write(bytes(64 << 10))  # the header is gone
         outcome, elapsed = crash(svc, lambda: svc.header_restore(vol.id),
@@ -220,4 +225,86 @@ def test_header_restore_crashes(world):
         assert opens(path, pw[vol.key_ref])
         assert plaintext_sha(path, pw[vol.key_ref]) == want
     count("header-restore crashes injected", injected)
+    svc.delete(vol.id)
+
+
+def test_reencryption_crashes_resume_to_the_new_key(world):
+    """kill -9 at re-encryption's named steps and at random moments (inside cryptsetup's own
+    resilient reencryption too): the next run finishes it; the data is unchanged."""
+    svc, keys_, pw, template, want = world
+    old, new = keys_[0], keys_[5]
+    points = ["reencrypt:started", "reencrypt:reencrypted", "added", "removed"]
+    injected, trials, duration = 0, 0, 1.0
+    outcomes: dict = {}
+    while injected < 16:
+        trials += 1
+        assert trials < 80, "re-encryption: the kills never land"
+        vol = svc.clone(template.id)
+        point = points[injected] if injected < len(points) else None
+        delay = None if point else RNG.uniform(0.05, 0.9 * duration)
+        outcome, elapsed = crash(svc, lambda v=vol.id: rotation.reencrypt(svc, v, new.href),
+                                 point=point, delay=delay, whole_tree=trials % 2 == 0)
+        if killed(outcome):
+            injected += 1
+        else:
+            duration = elapsed
+        rec = rotation.rotate(svc, vol.id, "", resume_only=True)
+        assert rec.state == "available"
+        assert not rotation.reencrypt_journal_for(svc, vol.id).path.exists()
+        path = svc.pool.path(vol.id)
+        assert opens(path, pw[rec.key_ref]), f"{vol.id}: the recorded key does not open it"
+        assert plaintext_sha(path, pw[rec.key_ref]) == want
+        result = "completed" if rec.key_ref == new.href else "not started"
+        outcomes[result] = outcomes.get(result, 0) + 1
+        svc.delete(vol.id)
+    count("re-encryption crashes injected", injected)
+    assert outcomes.get("completed")
+    assert old.href != new.href
+
+
+def test_reencryption_killed_in_cryptsetups_finalisation_window_is_rebuilt(world):
+    """cryptsetup 2.6's offline reencryption, killed in its last moments, can leave the data
+    wholly re-encrypted but the old keyslot already wiped while the reencrypt requirement is
+    still set: its own resume and repair then refuse. Provoke exactly that state with real
+    kills, then show byok finishes it (header rebuilt around the verified new key) with the
+    plaintext unchanged."""
+    from byok import proc
+
+    svc, keys_, pw, template, want = world
+    p_old = pw[keys_[0].href]
+    probe = svc.clone(template.id)
+    t0 = time.monotonic()
+    luks.reencrypt(svc.pool.path(probe.id), p_old, slot=luks.test_key(svc.pool.path(probe.id),
+                                                                       p_old))
+    full = time.monotonic() - t0
+    svc.delete(probe.id)
+    hit = None
+    for attempt in range(200):
+        vol = svc.clone(template.id)
+        path = svc.pool.path(vol.id)
+        slot = luks.test_key(path, p_old)
+        p = proc.start([luks.CRYPTSETUP, "reencrypt", "--batch-mode", "--force-offline-reencrypt",
+                        "--key-slot", str(slot), "--key-file=-", path], input=p_old)
+        time.sleep(RNG.uniform(0.5, 1.05) * full)
+        proc.kill_group(p)
+        p.wait()
+        count("crashes injected")
+        count("re-encryption crashes injected")
+        info = luks.dump(path)
+        if info.reencrypting and slot not in info.active_slots:
+            hit = (vol, attempt + 1)
+            break
+        svc.delete(vol.id)
+    assert hit, "200 kills never landed in cryptsetup's finalisation window"
+    vol, attempts = hit
+    count("kills needed to land in cryptsetup's finalisation window", attempts)
+    path = svc.pool.path(vol.id)
+    with pytest.raises(ByokError):
+        luks.reencrypt(path, p_old, resume=True)  # cryptsetup alone cannot finish it
+    how = rotation.finish_interrupted_reencryption(svc, vol.id, p_old,
+                                                   luks.policy_for("symmetric"))
+    assert how == "rebuilt"
+    assert not luks.dump(path).reencrypting
+    assert plaintext_sha(path, p_old) == want
+    count("finalisation-window states provoked and rebuilt")
     svc.delete(vol.id)
