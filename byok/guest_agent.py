@@ -20,14 +20,16 @@ import hashlib
 import json
 import os
 import struct
-import subprocess
 import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
+from byok import proc
 from byok.pattern import pattern_chunks
+from byok.sensitive import Sensitive
 
 MAPPER = "/dev/mapper"
 
@@ -68,7 +70,7 @@ def meminfo() -> dict[str, int]:
 
 def lean_execute(argv: list[str], *, process_input=None, check_exit_code=True, attempts=1,
                  **_ignored) -> tuple[str, str]:
-    """os-brick's executor contract (processutils.execute's) on plain subprocess.
+    """os-brick's executor contract (processutils.execute's) on byok's process boundary.
 
     We are root in the guest, so root_helper/run_as_root are moot. processutils passes a
     preexec_fn, which forces Python's fork+exec path; under User-Mode Linux every fork of this
@@ -78,10 +80,10 @@ def lean_execute(argv: list[str], *, process_input=None, check_exit_code=True, a
     from oslo_concurrency import processutils
 
     ok = [0] if check_exit_code is True else (check_exit_code or None)
-    data = process_input.encode() if isinstance(process_input, str) else process_input
+    data = Sensitive(process_input) if process_input else None  # os-brick's passphrase
     for attempt in range(max(1, attempts)):
-        r = subprocess.run(argv, input=data, capture_output=True, timeout=600)
-        out, err = r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+        r = proc.run(argv, input=data, check=False, timeout=600, what=Path(argv[0]).name)
+        out, err = r.out, r.err
         if ok is None or r.returncode in ok:
             return out, err
         if attempt + 1 >= max(1, attempts):
@@ -219,18 +221,14 @@ class Agent:
 
     def op_cryptsetup_open(self, step: dict) -> dict:
         mapping = step.get("mapping", step["name"])
-        r = subprocess.run(
-            ["cryptsetup", "luksOpen", "--key-file=-", self._path(step), mapping],
-            input=self.secrets[step["key"]], capture_output=True, timeout=600,
-        )
+        r = proc.run(["cryptsetup", "luksOpen", "--key-file=-", self._path(step), mapping],
+                     input=Sensitive(self.secrets[step["key"]]), check=False, timeout=600)
         if r.returncode:
-            raise RuntimeError(json.dumps({"exit_code": r.returncode,
-                                           "stderr": r.stderr.decode()[-300:]}))
+            raise RuntimeError(json.dumps({"exit_code": r.returncode, "stderr": r.err[-300:]}))
         return {"mapper": f"{MAPPER}/{mapping}"}
 
     def op_cryptsetup_close(self, step: dict) -> dict:
-        subprocess.run(["cryptsetup", "close", step.get("mapping", step["name"])], check=True,
-                       timeout=120)
+        proc.run(["cryptsetup", "close", step.get("mapping", step["name"])], timeout=120)
         return {}
 
     def op_write(self, step: dict) -> dict:
@@ -275,10 +273,10 @@ class Agent:
         for i in range(step["count"]):
             name = f"{step.get('prefix', 'slice')}{i}"
             table = f"0 {sectors} linear {dev} {i * sectors}"
-            subprocess.run(["dmsetup", "create", name, "--table", table], check=True, timeout=60)
+            proc.run(["dmsetup", "create", name, "--table", table], timeout=60)
             names.append(name)
         # No udev in the guest: ask dmsetup to create the /dev/mapper nodes itself.
-        subprocess.run(["dmsetup", "mknodes"], check=True, timeout=60)
+        proc.run(["dmsetup", "mknodes"], timeout=60)
         return {"slices": names}
 
     def op_parallel_open(self, step: dict) -> dict:
@@ -301,18 +299,9 @@ class Agent:
         t0 = time.monotonic()
         procs = []
         for i, dev in enumerate(devices):
-            p = subprocess.Popen(
-                ["cryptsetup", "luksOpen", "--key-file=-", dev, f"par{i}"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            )
+            p = proc.start(["cryptsetup", "luksOpen", "--key-file=-", dev, f"par{i}"],
+                           input=Sensitive(key))
             procs.append((p, time.monotonic()))
-        for p, _ in procs:
-            assert p.stdin is not None
-            try:
-                p.stdin.write(key)
-                p.stdin.close()
-            except BrokenPipeError:
-                pass  # it exited early; its exit status says why
         latencies, failures = [], []
         for i, (p, started) in enumerate(procs):
             assert p.stderr is not None
@@ -327,7 +316,7 @@ class Agent:
         th.join()
         for i, (p, _) in enumerate(procs):
             if p.returncode == 0:
-                subprocess.run(["cryptsetup", "close", f"par{i}"], timeout=120)
+                proc.run(["cryptsetup", "close", f"par{i}"], check=False, timeout=120)
         return {
             "n": len(devices),
             "latencies": latencies,
@@ -338,9 +327,8 @@ class Agent:
         }
 
     def op_shell(self, step: dict) -> dict:
-        r = subprocess.run(step["argv"], capture_output=True, timeout=step.get("timeout", 300))
-        return {"exit_code": r.returncode, "stdout": r.stdout.decode(errors="replace")[-2000:],
-                "stderr": r.stderr.decode(errors="replace")[-2000:]}
+        r = proc.run(step["argv"], check=False, timeout=step.get("timeout", 300))
+        return {"exit_code": r.returncode, "stdout": r.out[-2000:], "stderr": r.err[-2000:]}
 
     # -- loop ----------------------------------------------------------------------------------
     def run(self) -> dict:

@@ -1,14 +1,12 @@
 """E09 — rotation crash matrix: kill -9 at every step, old or new key always opens (H6)."""
 
-import contextlib
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 
-from byok import keys, luks, rotation
+from byok import keys, luks, proc, rotation
 from byok.errors import ByokError, WrongKey
 from byok.harness.registry import experiment
 
@@ -50,31 +48,29 @@ def run(ctx):
         cmd = [*base, rec.id, "--key-ref", new.href, *who]
         env = dict(os.environ)
         if luks_type == "random":
-            p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
+            p = proc.start(cmd, env=env)  # its own process group: the kill is a power cut
             time.sleep(rng.uniform(0.3, 2.5))
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+            proc.kill_group(p)
+            p.communicate()
         else:
             env["BYOK_CRASH_AT"] = point
-            r = subprocess.run(cmd, env=env, capture_output=True, timeout=120)
+            r = proc.run(cmd, env=env, check=False, timeout=120, what="byok volume rotate")
             ctx.check(f"{luks_type}/{point}: the process was killed at that point",
-                      r.returncode == -signal.SIGKILL, r.stderr.decode()[-200:])
+                      r.returncode == -signal.SIGKILL, r.err[-200:])
         opens_old, opens_new = _opens(svc, rec.id, old), _opens(svc, rec.id, new)
         if not (opens_old or opens_new):
             lost += 1
         ctx.check(f"{luks_type}/{point}: after the crash the volume opens with old or new key",
                   opens_old or opens_new)
         env.pop("BYOK_CRASH_AT", None)
-        r = subprocess.run([*base, rec.id, "--resume", *who], env=env, capture_output=True,
-                           timeout=120)
+        r = proc.run([*base, rec.id, "--resume", *who], env=env, check=False, timeout=120,
+                     what="byok volume rotate --resume")
         final = svc.pool.load(rec.id)
         ok = (r.returncode == 0 and final.state == "available"
               and not rotation.journal_for(svc, rec.id).path.exists()
               and _opens(svc, rec.id, svc.resolver.parse(final.key_ref)))
         ctx.check(f"{luks_type}/{point}: resume leaves a consistent record whose key opens it",
-                  ok, r.stderr.decode()[-200:])
+                  ok, r.err[-200:])
         outcome = ("completed" if final.key_ref == new.href else "rolled-back") if ok else "LOST"
         ctx.measure(f"outcome:{luks_type}:{point}", outcome, "")
     ctx.measure("crashes_injected", len(cases), "crashes")
