@@ -44,11 +44,17 @@ class Hygiene:
                     self.records.append(record.getMessage())
                 except Exception:  # noqa: S110 - a bad format string is not our concern here
                     pass
+                if record.exc_info:  # the traceback and exception text, as a log file has them
+                    self.records.append(logging.Formatter().formatException(record.exc_info))
 
         self.handler = Keep(level=logging.DEBUG)
 
     def register(self, raw: bytes) -> None:
         self.secrets.append(raw)
+
+    def add_text(self, text: str | bytes) -> None:
+        """Another text to scan at the end (exception reports, CLI output...)."""
+        self.texts.add(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)
 
     def _pids(self):
         import os
@@ -104,7 +110,7 @@ class Hygiene:
         root.setLevel(logging.DEBUG)
         self._thread.start()
 
-    def finish(self, log_files) -> list[str]:
+    def finish(self, log_files, small_files=()) -> list[str]:
         import base64
         import binascii
         import glob
@@ -124,6 +130,13 @@ class Hygiene:
                 blobs.append(path.read_bytes())
             except OSError:
                 pass
+        self.files_scanned = 0
+        for path in small_files:  # what the tests and byok left on disk (records, journals...)
+            try:
+                blobs.append(path.read_bytes())
+                self.files_scanned += 1
+            except OSError:
+                pass
         hits = sorted({f"a {len(f)}-byte form of a key in a scanned text"
                        for f in forms for b in blobs if f in b})
         hits += [f"left behind: {d}" for d in glob.glob("/dev/shm/byok-*")]
@@ -135,8 +148,31 @@ class Hygiene:
 HYGIENE = Hygiene()
 
 
+def _small_files(basetemp, limit: int = 2 << 20):
+    """Every file under this session's temp dirs and byok's state (pool records, journals,
+    stack files, CLI outputs) small enough to hold text; volume images are ciphertext."""
+    from pathlib import Path
+
+    from byok import paths
+
+    roots = [Path(basetemp), Path(paths.base_dir())]
+    for root in roots:
+        for p in root.rglob("*"):
+            try:
+                if p.is_file() and not p.is_symlink() and p.stat().st_size <= limit:
+                    yield p
+            except OSError:
+                continue
+
+
+def pytest_runtest_logreport(report):
+    """Exception texts of every failure (pytest's own rendering) are scanned too."""
+    if report.failed and report.longreprtext:
+        HYGIENE.add_text(report.longreprtext)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def secret_hygiene():
+def secret_hygiene(tmp_path_factory):
     HYGIENE.start()
     yield HYGIENE
     from pathlib import Path
@@ -144,7 +180,7 @@ def secret_hygiene():
     from byok import paths
 
     logs = [p for p in Path(paths.stack_dir()).rglob("*.log*") if p.is_file()]
-    hits = HYGIENE.finish(logs)
+    hits = HYGIENE.finish(logs, _small_files(tmp_path_factory.getbasetemp()))
     from tests.reliability.conftest import COUNTS
 
     COUNTS["hygiene: keys watched"] = len(HYGIENE.secrets)
@@ -152,6 +188,7 @@ def secret_hygiene():
     COUNTS["hygiene: distinct cmdlines/environs scanned"] = len(HYGIENE.texts)
     COUNTS["hygiene: log records scanned"] = len(HYGIENE.records)
     COUNTS["hygiene: server log files scanned"] = HYGIENE.log_files
+    COUNTS["hygiene: small files scanned (records, journals, outputs)"] = HYGIENE.files_scanned
     COUNTS["hygiene: leaks"] = len(hits)
     if hits:
         pytest.fail("secret hygiene: " + "; ".join(hits[:10]), pytrace=False)
