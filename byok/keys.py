@@ -121,6 +121,11 @@ def validate_metadata(info: SecretInfo, *, now: dt.datetime | None = None) -> No
             f"secret {ref} is of type {info.secret_type!r}, which cannot be a volume key",
             hint="store a symmetric AES key (256 or 512 bits) or a passphrase secret",
         )
+    if info.content_type is None:
+        # Barbican lists no content type for a secret created without a payload (metadata only);
+        # reading it would answer 404, which is not "no such secret".
+        raise KeyTypeMismatch(f"secret {ref} has no payload (it was stored as metadata only)",
+                              hint="store the key material in it, or use another secret")
     if info.status and info.status.upper() != "ACTIVE":
         raise KeyTypeMismatch(f"secret {ref} is {info.status}, not ACTIVE")
     if info.expiration:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from byok import luks, luksheader
 from byok.errors import HeaderCorrupt, NotLuks
 from byok.sensitive import Sensitive
+from tests.reliability.conftest import count as fuzz_count
 
 SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -59,6 +60,7 @@ def test_clean_samples_parse(luks_type):
     ),
 )
 def test_flipped_bytes_give_a_header_or_a_typed_error(luks_type, flips):
+    fuzz_count("fuzz examples: LUKS header parser")
     data = bytearray(sample(luks_type))
     for off, x in flips:
         data[off] ^= x
@@ -69,6 +71,7 @@ def test_flipped_bytes_give_a_header_or_a_typed_error(luks_type, flips):
 @given(st.binary(min_size=0, max_size=8192), st.sampled_from([b"", b"LUKS\xba\xbe\x00\x01",
                                                             b"LUKS\xba\xbe\x00\x02"]))
 def test_garbage_gives_a_typed_error(tail, magic):
+    fuzz_count("fuzz examples: LUKS header parser")
     _parse_or_typed(magic + tail)  # no exception other than the typed ones
 
 

@@ -124,3 +124,43 @@ def test_malformed_secrets_are_typed_errors(identities, barbican, kind, override
     with pytest.raises(error):
         keys.Resolver(identities("alice")).resolve(ref)
     count("malformed secrets refused")
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"secret_type": "symmetric", "algorithm": "aes", "bit_length": 512}, "no payload"),
+        ({"secret_type": "passphrase"}, "no payload"),
+        ({"secret_type": "symmetric", "algorithm": "aes", "bit_length": 512, "payload": "a" * 64,
+          "payload_content_type": "text/plain"}, "expected application/octet-stream"),
+    ],
+)
+def test_secrets_barbican_accepts_but_no_volume_can_use(identities, barbican, body, why):
+    """Stored for real in Barbican, then refused by the resolver with a typed reason."""
+    api = barbican("alice")
+    out = api._request("POST", api.endpoint + "/v1/secrets", what="store", ok=(201,),
+                       json_body={"name": "bad", **body})
+    ref = KeyRef(out["secret_ref"].rsplit("/", 1)[1], api.endpoint)
+    with pytest.raises(KeyTypeMismatch, match=why):
+        keys.Resolver(identities("alice")).resolve(ref)
+    count("malformed secrets refused")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"payload": "", "payload_content_type": "text/plain", "secret_type": "passphrase"},
+        {"payload": "%%% not base64 %%%", "payload_content_type": "application/octet-stream",
+         "payload_content_encoding": "base64", "secret_type": "symmetric", "algorithm": "aes",
+         "bit_length": 512},
+    ],
+    ids=["empty", "base64-garbage"],
+)
+def test_secrets_barbican_refuses_are_a_typed_error_and_store_nothing(barbican, body):
+    api = barbican("alice")
+    before = api.count_secrets()
+    with pytest.raises(ByokError, match="HTTP 400"):
+        api._request("POST", api.endpoint + "/v1/secrets", what="store", ok=(201,),
+                     json_body={"name": "bad", **body})
+    assert api.count_secrets() == before
+    count("malformed secrets refused")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from byok import keyref
 from byok.errors import KeyRefInvalid
 from byok.keyref import KeyRef, parse
+from tests.reliability.conftest import count as fuzz_count
 
 EP = "http://127.0.0.1:19311"
 U = "0f6b2b8e-5c1a-4c8e-9d3e-2a1b3c4d5e6f"
@@ -106,8 +107,8 @@ def test_endpoint_canonicalisation():
 
 # --- properties ----------------------------------------------------------------------------
 
-PROPS = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
-#: The fuzz property of issue 4 runs at least 10k examples in CI.
+PROPS = settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+#: Both key-ref properties run at least 10k examples in CI (issue 4).
 FUZZ = settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
 
 url_alphabet = st.sampled_from(list("abcdefABCDEF0123456789-._~:/?#[]@!$&'()*+,;=%\\ \t\x00é"))
@@ -126,6 +127,7 @@ url_like = st.builds(
 @FUZZ
 @given(st.one_of(st.text(max_size=300), st.text(url_alphabet, max_size=200), url_like))
 def test_any_text_parses_or_raises_keyrefinvalid(text):
+    fuzz_count("fuzz examples: key refs")
     try:
         ref = ok(text)
     except KeyRefInvalid:
@@ -143,6 +145,7 @@ def test_any_text_parses_or_raises_keyrefinvalid(text):
     st.booleans(),
 )
 def test_valid_refs_always_parse_to_the_same_secret(u, endpoint, upper):
+    fuzz_count("fuzz examples: key refs")
     s = str(u).upper() if upper else str(u)
     assert ok(s) == KeyRef(str(u))
     assert ok(f"{endpoint}/v1/secrets/{s}") == KeyRef(str(u), keyref.canonical_endpoint(endpoint))

@@ -13,6 +13,7 @@ from byok.errors import KeyTypeMismatch
 from byok.keyref import KeyRef
 from byok.keys import KeyMaterial, SecretInfo, passphrase, validate_metadata, validate_payload
 from byok.sensitive import Sensitive
+from tests.reliability.conftest import count as fuzz_count
 
 REF = KeyRef("0f6b2b8e-5c1a-4c8e-9d3e-2a1b3c4d5e6f", "http://127.0.0.1:19311")
 
@@ -50,6 +51,7 @@ def test_passphrase_secret_is_used_verbatim_like_os_brick():
 @settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=32, max_size=32) | st.binary(min_size=64, max_size=64))
 def test_passphrase_rule_property(raw):
+    fuzz_count("fuzz examples: passphrase rule")
     key = KeyMaterial(info(bit_length=len(raw) * 8), Sensitive(raw))
     assert passphrase(key).reveal().decode() == osbrick_utils.get_passphrase_from_secret(
         key.castellan_object()

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from byok import xts
+from tests.reliability.conftest import count as fuzz_count
 
 
 def reference(key: bytes, data: bytes, first: int, sector: int) -> bytes:
@@ -43,6 +44,7 @@ def native():
     seed=st.integers(0, 2**32),
 )
 def test_native_equals_reference(key, sector, count, first, seed):
+    fuzz_count("fuzz examples: XTS kernel vs reference")
     if key[: len(key) // 2] == key[len(key) // 2:]:
         return  # cryptography refuses XTS keys whose halves are equal
     import random
