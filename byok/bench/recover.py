@@ -1,15 +1,24 @@
-"""Recovery throughput: ``byok recover`` end to end vs ``openssl speed -evp aes-256-xts``.
+"""Recovery throughput: ``byok recover`` vs ``openssl speed -evp aes-256-xts``.
 
 Same machine, same run, same sector size. The image is LUKS2 aes-xts-plain64 with a 512-bit
 key, made by ``cryptsetup reencrypt --encrypt`` from random data (nothing sparse to skip), read
-from the page cache (warmed first) so the figure is the decryption path, not the disk; writing
-the plaintext is included. Target (issue 9): >= 0.5 x openssl.
+from the page cache (warmed first). Three byok figures, medians of ``repeat`` runs:
+
+* ``byok_recover_to_file_mb_s`` — ``byok recover --out FILE``, what a user runs; **the target
+  (issue 9: >= 0.5 x openssl) is judged on this one**;
+* ``byok_decrypt_mb_s`` — ``byok recover --check`` (read + decrypt, nothing written);
+* the disk's own O_DIRECT write ceiling on the same filesystem, for context.
+
+openssl is measured on one core (``openssl speed``, the issue's reference) and on all cores
+(``-multi N``): byok decrypts on every core, so ``ratio_decrypt_all_cores`` is the like-for-like
+comparison of the decryption code itself.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +29,9 @@ from byok.sensitive import Sensitive
 TARGET_RATIO = 0.5
 
 
-def openssl_mb_s(sector: int, seconds: int = 2) -> float:
-    res = proc.run(["openssl", "speed", "-evp", "aes-256-xts", "-bytes", str(sector),
+def openssl_mb_s(sector: int, seconds: int = 2, *, cores: int = 1) -> float:
+    multi = ["-multi", str(cores)] if cores > 1 else []
+    res = proc.run(["openssl", "speed", *multi, "-evp", "aes-256-xts", "-bytes", str(sector),
                     "-seconds", str(seconds)], timeout=120)
     for line in res.out.splitlines():
         if line.startswith("AES-256-XTS"):
@@ -72,8 +82,9 @@ def _write_ceiling(work: Path, size: int) -> float:
 
 
 def run(*, size_mib: int = 512, sectors: tuple[int, ...] = (4096, 512), repeat: int = 3) -> dict:
+    cores = os.cpu_count() or 1
     out: dict = {"name": "recover", "unit": "MB/s", "backend": xts.backend_name(),
-                 "size_mib": size_mib, "by_sector": {}}
+                 "size_mib": size_mib, "cores": cores, "by_sector": {}}
     ratios = []
     from byok import paths
 
@@ -98,24 +109,31 @@ def run(*, size_mib: int = 512, sectors: tuple[int, ...] = (4096, 512), repeat: 
                 to_file.append(size / (time.perf_counter() - t0) / 1e6)
                 target.unlink()
             ossl = openssl_mb_s(sector)
-            best = max(pipeline)
-            ratios.append(best / ossl)
+            ossl_all = openssl_mb_s(sector, cores=cores)
+            decrypt, written = statistics.median(pipeline), statistics.median(to_file)
+            ratios.append(written / ossl)
             out["by_sector"][str(sector)] = {
-                "byok_decrypt_mb_s": round(best, 1),
-                "byok_recover_to_file_mb_s": round(max(to_file), 1),
+                "byok_recover_to_file_mb_s": round(written, 1),
+                "byok_decrypt_mb_s": round(decrypt, 1),
                 "openssl_mb_s": round(ossl, 1),
-                "ratio": round(best / ossl, 3),
-                "ratio_to_file": round(max(to_file) / ossl, 3),
-                "samples_decrypt": [round(s, 1) for s in pipeline],
-                "samples_to_file": [round(s, 1) for s in to_file],
+                f"openssl_{cores}_cores_mb_s": round(ossl_all, 1),
+                "ratio": round(written / ossl, 3),
+                "ratio_decrypt": round(decrypt / ossl, 3),
+                "ratio_decrypt_all_cores": round(decrypt / ossl_all, 3),
+                "samples_decrypt": [round(x, 1) for x in pipeline],
+                "samples_to_file": [round(x, 1) for x in to_file],
             }
             img.unlink()
-        out["disk_write_ceiling_mb_s"] = round(_write_ceiling(work, size_mib << 20), 1)
+        ceiling = _write_ceiling(work, size_mib << 20)
+        out["disk_write_ceiling_mb_s"] = round(ceiling, 1)
+        for fig in out["by_sector"].values():
+            fig["to_file_vs_disk_ceiling"] = round(fig["byok_recover_to_file_mb_s"] / ceiling, 3)
     out["ratio"] = round(min(ratios), 3)
-    out["target"] = (f"decryption path (byok recover --check) >= {TARGET_RATIO} x openssl at "
+    out["target"] = (f"byok recover to a file >= {TARGET_RATIO} x openssl speed (one core) at "
                      "every sector size")
-    out["note"] = ("recovery to a file is bounded by writing the plaintext: compare "
-                   "byok_recover_to_file_mb_s with disk_write_ceiling_mb_s (O_DIRECT writes of "
-                   "the same size on the same filesystem)")
+    out["note"] = ("writing the plaintext is bounded by the disk (disk_write_ceiling_mb_s: "
+                   "O_DIRECT writes of the same size on the same filesystem); the decryption "
+                   "itself is ratio_decrypt (one core of openssl) and ratio_decrypt_all_cores "
+                   "(openssl -multi on as many cores as byok uses)")
     out["target_met"] = min(ratios) >= TARGET_RATIO
     return out

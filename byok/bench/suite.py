@@ -18,6 +18,6 @@ def run(stack, out_dir: Path | None = None) -> dict:
         "name": "suite", "unit": "s", "seconds": round(summary.seconds, 1),
         "experiments": len(summary.experiments), "counts": summary.counts(),
         "run_dir": str(summary.run_dir), "ratio": round(summary.seconds / TARGET_S, 3),
-        "target": f"<= {TARGET_S:.0f} s (ratio = seconds / {TARGET_S:.0f} <= 1)",
+        "target": f"seconds / {TARGET_S:.0f} <= 1 (the whole set within five minutes)",
         "target_met": summary.seconds <= TARGET_S,
     }

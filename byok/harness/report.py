@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,23 +117,78 @@ def plot_rekey(res: ExperimentResult, out: Path) -> Path | None:
 
 
 def plot_recovery(res: ExperimentResult, out: Path) -> Path | None:
-    ours, ossl = _series(res, "recover_mb_s:"), _series(res, "openssl_mb_s:")
-    if not ours:
+    series = [(_series(res, "recover_to_file_mb_s:"), "byok recover --out FILE"),
+              (_series(res, "recover_decrypt_mb_s:"), "byok recover --check (decrypt only)"),
+              (_series(res, "openssl_mb_s:"), "openssl speed aes-256-xts (one core)")]
+    series = [(s, label) for s, label in series if s]
+    if not series:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    keys = sorted(ours, key=int)
-    xs = range(len(keys))
-    ax.bar([x - 0.2 for x in xs], [ours[k] for k in keys], 0.4, label="byok recover")
-    if ossl:
-        ax.bar([x + 0.2 for x in xs], [ossl.get(k, 0) for k in keys], 0.4,
-               label="openssl speed aes-256-xts")
-    ax.set_xticks(list(xs), [f"{k} B sectors" for k in keys])
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    keys = sorted(series[0][0], key=int)
+    width = 0.8 / len(series)
+    for i, (s, label) in enumerate(series):
+        ax.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(keys))],
+               [s.get(k, 0) for k in keys], width, label=label)
+    ax.set_xticks(list(range(len(keys))), [f"{k} B sectors" for k in keys])
     ax.set_ylabel("MB/s")
     ax.set_yscale("log")
-    ax.set_title("Offline decryption throughput")
-    ax.legend(fontsize=8)
+    ax.set_title("Offline recovery throughput vs the AES-XTS limit")
+    ax.legend(fontsize=7)
     return _save(fig, out / f"{res.id}-recovery.png")
+
+
+def bench_rows(bench: dict) -> list[tuple[str, str, float, str, bool]]:
+    """(benchmark, figure name, value, target text, met) for every headline figure."""
+    rows = []
+    for name, b in bench.items():
+        if not isinstance(b, dict):
+            continue
+        for fig, target, met in (("ratio_p50", "target", "target_met"),
+                                 ("ratio", "target", "target_met"),
+                                 ("machine_key_n32_peak_mib", "target", "target_met"),
+                                 ("seconds", "target", "target_met")):
+            if fig in b and target in b:
+                rows.append((name, fig, b[fig], str(b[target]), bool(b.get(met))))
+                break
+        if "kdf_speedup" in b and "kdf_target" in b:
+            rows.append((name, "kdf_speedup", b["kdf_speedup"], str(b["kdf_target"]),
+                         bool(b.get("kdf_target_met"))))
+    return rows
+
+
+def _margin(value: float, target: str) -> float | None:
+    """How far a figure is on the good side of its target (> 1: met), from the target text."""
+    m = re.search(r"(<=|>=)\s*([\d.]+)", target) or re.search(r"(within)\s*([\d.]+)", target)
+    if not m or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    limit = float(m.group(2))
+    return value / limit if m.group(1) == ">=" else limit / value
+
+
+def plot_bench(bench: dict, out: Path) -> Path | None:
+    rows = [(f"{n}: {f}", _margin(v, t), met) for n, f, v, t, met in bench_rows(bench)]
+    rows = [r for r in rows if r[1]]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.2))
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    margins = [r[1] for r in rows]
+    ax.barh([r[0] for r in rows], [m - 1 for m in margins], left=1,  # from the target line
+            color=["#6c6" if r[2] else "#e44" for r in rows])
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    lo, hi = min(0.5, min(margins) / 1.5), max(2.0, max(margins) * 1.5)
+    ax.set_xlim(lo, hi)
+    ax.set_xticks([t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128) if lo <= t <= hi])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("margin to target (> 1: met; log scale)")
+    ax.set_title("Benchmarks: each figure against its target")
+    ax.invert_yaxis()
+    return _save(fig, out / "bench-margins.png")
 
 
 def plot_crash_matrix(res: ExperimentResult, out: Path) -> Path | None:
@@ -194,22 +250,16 @@ def render(run_dir: Path, *, bench: dict | None = None) -> Path:
     if bench:
         lines += ["", "## Benchmarks", "", "| benchmark | figure | target | met |",
                   "|---|---|---|---|"]
-        for name, b in bench.items():
-            if not isinstance(b, dict):
-                continue
-            for fig, target, met in (("ratio_p50", "target", "target_met"),
-                                     ("ratio", "target", "target_met"),
-                                     ("kdf_speedup", "kdf_target", "kdf_target_met"),
-                                     ("machine_key_n32_peak_mib", "target", "target_met"),
-                                     ("seconds", "target", "target_met")):
-                if fig in b and target in b:
-                    lines.append(f"| {name} | `{fig}` = {fmt(b[fig])} | {_md_escape(b[target])} "
-                                 f"| {'yes' if b.get(met) else '**no**'} |")
-                    break
-            if "kdf_speedup" in b and "ratio_p50" in b:
-                lines.append(f"| {name} | `kdf_speedup` = {fmt(b['kdf_speedup'])} | "
-                             f"{_md_escape(b['kdf_target'])} | "
-                             f"{'yes' if b.get('kdf_target_met') else '**no**'} |")
+        for name, fig, value, target, met in bench_rows(bench):
+            lines.append(f"| {name} | `{fig}` = {fmt(value)} | {_md_escape(target)} | "
+                         f"{'yes' if met else '**no**'} |")
+        try:
+            p = plot_bench(bench, plots_dir)
+        except Exception as e:  # a broken plot must not lose the report
+            lines += ["", f"*(benchmark plot failed: {e})*"]
+        else:
+            if p:
+                lines += ["", f"![benchmark margins](plots/{p.name})"]
     for r in results:
         lines += ["", f"## {r.id}", "", f"**{_md_escape(r.title)}** — hurdle {r.hurdle}", "",
                   f"*Hypothesis:* {r.hypothesis}", "", f"*Verdict:* **{r.verdict}** "
