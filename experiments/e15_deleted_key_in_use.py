@@ -4,6 +4,7 @@ from byok import recovery, rotation
 from byok.barbican_api import BarbicanAPI, SecretConflict
 from byok.errors import KeyNotFound
 from byok.harness.registry import experiment
+from byok.pattern import pattern
 
 
 @experiment(
@@ -21,12 +22,16 @@ def run(ctx):
     owner = BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url)
     ref, raw = ctx.user_key("alice", "aes512")
     new, _ = ctx.user_key("alice", "aes512")
-    vol = svc.create(48 << 20, ref.href)
+    data = ctx.scratch / "data.raw"
+    data.write_bytes(pattern(15, 4 << 20))
+    image = svc.image_from_raw(data, ref.href)
+    vol = svc.create_from_image(image.id)
     bkp = svc.backup(vol.id)
     snap = svc.snapshot(vol.id)
     seen = sorted((c["resource_type"], c["resource_id"]) for c in owner.consumers(ref))
     ctx.check("the owner sees every resource that uses the key (Barbican consumers)",
-              seen == sorted([("volume", vol.id), ("backup", bkp.id), ("snapshot", snap.id)]),
+              seen == sorted([("image", image.id), ("volume", vol.id), ("backup", bkp.id),
+                              ("snapshot", snap.id)]),
               str(seen))
     ctx.measure("consumers_visible", len(seen), "resources")
     with ctx.expect_error(SecretConflict, claim="a plain delete is refused while in use"):
@@ -45,7 +50,8 @@ def run(ctx):
     out = ctx.scratch / "offline.plain"
     recovery.recover(svc.pool.path(vol.id), out,
                      passphrase=recovery.passphrase_from_key_bytes(raw))
-    ctx.check("the user's own copy of the key still recovers the volume offline", out.exists())
-    for rid in (snap.id, bkp.id, vol.id):
+    ctx.check("the user's own copy of the key still recovers the volume offline, exactly",
+              out.read_bytes()[: data.stat().st_size] == data.read_bytes())
+    for rid in (snap.id, bkp.id, vol.id, image.id):
         svc.delete(rid)
     ctx.check("delete works without the key", svc.pool.list() == [])

@@ -20,6 +20,8 @@ from byok import paths
 
 SCHEMA_VERSION = 1
 VERDICTS = ("supported", "refuted", "error")
+DM_CRYPT_GUEST = "real dm-crypt in the user-mode-linux guest"
+DM_CRYPT_UNUSED = "not used (cryptsetup on files on the host, no device-mapper)"
 
 
 @dataclass
@@ -80,7 +82,7 @@ def validate(doc: dict) -> list[str]:
     """Problems with a results document (empty list = valid)."""
     problems = []
     for key in ("id", "title", "hurdle", "hypothesis", "run_id", "verdict", "measurements",
-                "checks", "host", "started", "ended"):
+                "checks", "parameters", "host", "started", "ended"):
         if key not in doc:
             problems.append(f"missing {key}")
     verdict = doc.get("verdict", "")
@@ -134,11 +136,19 @@ def host_facts() -> dict:
             "qemu_img": tool_version(["qemu-img", "--version"]),
             "uml_kernel": sorted(p.name for p in Path("/usr/lib/uml/modules").glob("*"))
             if Path("/usr/lib/uml/modules").is_dir() else None,
-            "dm_crypt": "user-mode-linux guest",
             **{d: _version(d) for d in ("os-brick", "castellan", "barbican", "keystone",
                                         "python-barbicanclient", "keystoneauth1", "byok")},
         }
     return dict(_HOST)
+
+
+def environment_facts(env) -> dict:
+    """Where the key services were: the embedded stack runs the pip versions recorded above;
+    a real cloud (``--cloud``) runs whatever it runs, so those versions are not claimed."""
+    if getattr(env, "cloud", None):
+        return {"key_services": f"cloud {env.cloud} (Keystone {env.keystone_url})",
+                "barbican": "remote, version unknown", "keystone": "remote, version unknown"}
+    return {"key_services": "embedded stack on 127.0.0.1 (byok stack)"}
 
 
 def write(result: ExperimentResult, out_dir: Path) -> Path:

@@ -89,13 +89,15 @@ def run_experiments(
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(run_id, run_dir, results.now())
     t_run = time.monotonic()
-    host = results.host_facts()
+    host = results.host_facts() | results.environment_facts(env)
     try:
         for exp in selected:
             for r in range(repeat):
                 res = results.ExperimentResult(
                     id=exp.id, title=exp.title, hurdle=exp.hurdle, hypothesis=exp.hypothesis,
-                    run_id=run_id, repeat=r, host=host, started=results.now(),
+                    run_id=run_id, repeat=r, started=results.now(),
+                    host=host | {"dm_crypt": results.DM_CRYPT_GUEST if "dm-crypt" in exp.needs
+                                 else results.DM_CRYPT_UNUSED},
                 )
                 t0 = time.monotonic()
                 ctx = Context(exp, env, res, run_dir, progress=progress,
@@ -127,6 +129,10 @@ def run_experiments(
                     ctx.cleanup(keep_scratch=keep_scratch)
                     res.ended = results.now()
                     res.seconds = round(time.monotonic() - t0, 3)
+                    problems = results.validate(res.to_json())
+                    if problems:  # a malformed record is an error, written for inspection
+                        res.verdict = "error"
+                        res.error = (res.error or "") + "invalid results: " + "; ".join(problems)
                     path = results.write(res, run_dir)
                     summary.experiments.append({"id": exp.id, "repeat": r,
                                                 "verdict": res.verdict,
@@ -138,6 +144,9 @@ def run_experiments(
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         summary.interrupted = True
+        done = {e["id"] for e in summary.experiments}
+        summary.experiments += [{"id": e.id, "verdict": "not run (interrupted)"}
+                                for e in selected if e.id not in done]
     finally:
         with contextlib.suppress(OSError):
             (run_dir / "scratch").rmdir()  # only if every experiment cleaned up after itself

@@ -3,7 +3,7 @@
 A block is delimited by two RST comment lines, so docutils renders what lies between them and
 ignores the markers::
 
-    .. evidence: E04
+    .. evidence: E04            (or: .. evidence: E12 open_s:* parallel_peak_mib:*:32)
 
     (generated content, not indented: verdict, checks, key measurements, run id)
 
@@ -15,13 +15,16 @@ depends only on the results, so regenerating from the same run is a no-op (idemp
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 
 from byok.harness.report import fmt
 from byok.harness.results import ExperimentResult
 
-START = re.compile(r"^\.\. evidence: (E\d+)\s*$")
+# ``.. evidence: E12`` or ``.. evidence: E12 open_s:* parallel_peak_mib:*`` — the optional
+# shell-style patterns choose which measurements the block shows (all that match, no cap).
+START = re.compile(r"^\.\. evidence: (E\d+)((?:[ \t]+\S+)*)\s*$")
 END = re.compile(r"^\.\. end-evidence\s*$")
 MAX_ROWS = 10
 
@@ -44,8 +47,10 @@ def _table(rows: list[tuple[str, str, str]]) -> list[str]:
     return out
 
 
-def block(exp_id: str, result: ExperimentResult | None, run_id: str) -> list[str]:
-    """The RST lines of one evidence block's content."""
+def block(exp_id: str, result: ExperimentResult | None, run_id: str,
+          patterns: list[str] | None = None) -> list[str]:
+    """The RST lines of one evidence block's content (measurements matching ``patterns``, or
+    the first MAX_ROWS)."""
     if result is None:
         body = [f"*No result for {exp_id} in run* {_lit(run_id)}."]
     else:
@@ -55,14 +60,16 @@ def block(exp_id: str, result: ExperimentResult | None, run_id: str) -> list[str
         failed = [c for c in result.checks if not c.passed]
         if failed:
             body += [""] + [f"- failed: {c.claim.replace('*', '')}" for c in failed[:5]]
-        rows = []
-        for m in result.measurements:
-            if isinstance(m.value, (int, float, str)) and len(rows) < MAX_ROWS:
-                rows.append((_lit(m.name), _lit(fmt(m.value)), m.unit.replace("*", "")))
+        shown = [m for m in result.measurements if isinstance(m.value, (int, float, str))]
+        if patterns:
+            shown = [m for m in shown if any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
+        else:
+            shown = shown[:MAX_ROWS]
+        rows = [(_lit(m.name), _lit(fmt(m.value)), m.unit.replace("*", "")) for m in shown]
         if rows:
             body += ["", *_table(rows)]
-        if len(result.measurements) > MAX_ROWS:
-            body += ["", f"({len(result.measurements) - MAX_ROWS} more measurements in the "
+        if len(result.measurements) > len(rows):
+            body += ["", f"({len(result.measurements) - len(rows)} more measurements in the "
                          f"run's report.)"]
     # Unindented on purpose: text indented under an RST comment belongs to the comment and
     # would not render.
@@ -94,7 +101,8 @@ def inject(spec: Path, results: list[ExperimentResult], run_id: str) -> tuple[st
         if j == len(lines):
             raise ValueError(f"{spec}: evidence block {exp_id} (line {i + 1}) is not closed")
         found.append(exp_id)
-        out += [lines[i], "", *block(exp_id, by_id.get(exp_id), run_id), "", lines[j]]
+        patterns = m.group(2).split() or None
+        out += [lines[i], "", *block(exp_id, by_id.get(exp_id), run_id, patterns), "", lines[j]]
         i = j + 1
     return "\n".join(out) + "\n", found
 

@@ -95,7 +95,8 @@ def test_ctrl_c_leaves_consistent_partial_results(tmp_path):
         [_exp("E81", ok), _exp("E82", interrupted), _exp("E83", never)], _env(),
         out_dir=tmp_path)
     assert summary.interrupted
-    assert [e["id"] for e in summary.experiments] == ["E81", "E82"]
+    assert [e["id"] for e in summary.experiments] == ["E81", "E82", "E83"]
+    assert summary.experiments[2]["verdict"] == "not run (interrupted)"  # listed, not run
     assert json.loads((tmp_path / "E82.json").read_text())["error"].startswith("interrupted")
     assert not (tmp_path / "E83.json").exists()
     assert json.loads((tmp_path / "run.json").read_text())["interrupted"] is True
@@ -175,9 +176,8 @@ def test_spec_regeneration_is_stable_and_builds_without_warnings(tmp_path):
     assert not spec.update(copy, res, "fixed-run")  # idempotent
     assert copy.read_text() == once
     assert "verdict **supported**" in once and "fixed-run" in once
-    # Outside the blocks, nothing changed.
-    strip = lambda t: [ln for ln in t.splitlines() if ln.startswith((".. evidence", ".. end-ev"))]  # noqa: E731
-    assert strip(once) == strip(SPEC.read_text())
+    # Outside the blocks, nothing changed, byte for byte.
+    assert _outside_blocks(once) == _outside_blocks(SPEC.read_text())
     html = tmp_path / "spec.html"
     docutils.core.publish_file(
         source_path=str(copy), destination_path=str(html), writer="html",
@@ -185,6 +185,31 @@ def test_spec_regeneration_is_stable_and_builds_without_warnings(tmp_path):
     )
     page = html.read_text()
     assert page.count("<html") == 1 and "fixed-run" in page  # generated evidence renders
+
+
+def _outside_blocks(text: str) -> list[str]:
+    out, inside = [], False
+    for ln in text.splitlines():
+        if ln.startswith(".. evidence:"):
+            inside = True
+            out.append(ln)
+        elif ln.startswith(".. end-evidence"):
+            inside = False
+            out.append(ln)
+        elif not inside:
+            out.append(ln)
+    return out
+
+
+def test_evidence_patterns_choose_the_measurements(tmp_path):
+    run_dir = _fixed_run(tmp_path / "run")
+    res = {r.id: r for r in results.load_run(run_dir)}
+    some = next(r for r in res.values() if len(r.measurements) >= 2)
+    name = some.measurements[1].name
+    lines = spec.block(some.id, some, "r", [name])
+    assert any(name in ln for ln in lines)
+    assert not any(some.measurements[0].name + "``" in ln for ln in lines
+                   if some.measurements[0].name != name)
 
 
 def test_unclosed_evidence_block_is_an_error(tmp_path):
