@@ -10,6 +10,7 @@ Key material never passes through this module.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,10 @@ class Identity:
         from openstack import config as os_config
         from openstack import exceptions as os_exc
 
-        files = [str(clouds_yaml)] if clouds_yaml else []
+        # The usual places, and $OS_CLIENT_CONFIG_FILE first (as the openstack CLI does); other
+        # OS_* variables are ignored on purpose, so the environment cannot change an identity.
+        override = os.environ.get("OS_CLIENT_CONFIG_FILE")
+        files = [str(clouds_yaml)] if clouds_yaml else ([override] if override else [])
         try:
             loader = os_config.OpenStackConfig(config_files=files or None, load_envvars=False)
             region = loader.get_one(cloud=cloud)

@@ -9,7 +9,7 @@ reused session, then validates that it can be a volume key:
 * secret type ``passphrase``: non-empty UTF-8 text (os-brick decodes it as UTF-8);
 * status ACTIVE and not expired.
 
-:func:`passphrase` is os-brick's rule (``os_brick.encryptors.utils.get_passphrase_from_secret``):
+:func:`passphrase` is os-brick's rule (``os_brick.utils.get_passphrase_from_secret``):
 a passphrase secret is used as-is, anything else is hex-encoded. Key material is never cached
 here; every resolve reads Barbican, so a revocation takes effect at the next resolve.
 """

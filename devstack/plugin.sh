@@ -281,6 +281,26 @@ function byok_smoke {
             byok_check_service_token "$consumer"
         done 3<"$ids_file"
     fi
+    byok_smoke_keypath "$list"
+}
+
+# The smoke experiment: as the user of BYOK_SMOKE_CLOUD, a fresh key goes through Cinder's key
+# calls (get for a volume, clone's store, volume delete) with the key manager cinder.conf builds;
+# Barbican must show it shared, never copied, never deleted (devstack/tools/byok-smoke-keypath.py).
+function byok_smoke_keypath {
+    local list=$1 python consumer conf
+    if [[ -z "$BYOK_SMOKE_CLOUD" ]]; then
+        echo "byok smoke: BYOK_SMOKE_CLOUD is empty, key path experiment not run"
+        return 0
+    fi
+    python=$(byok_python)
+    while read -r -u 3 consumer conf; do
+        [[ "$consumer" == "cinder" ]] || continue
+        "$python" "$BYOK_PLUGIN_DIR/tools/byok-smoke-keypath.py" --cloud "$BYOK_SMOKE_CLOUD" \
+            "$conf" || die $LINENO "byok smoke: the key path experiment failed through $conf"
+        return 0
+    done 3<"$list"
+    echo "byok smoke: no cinder.conf configured, key path experiment not run"
 }
 
 # Clean

@@ -433,12 +433,19 @@ def test_extra_warns_when_barbicans_plugin_overwrote_the_backend(devstack: FakeD
 
 @pytest.fixture(scope="module")
 def smoked(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, stack
 ) -> tuple[FakeDevstack, subprocess.CompletedProcess[str]]:
     """post-config, then extra with BYOK_RUN_SMOKE=True and the caller's OS_CLOUD set (in
-    separate shells, to have extra's own xtrace); tests only read the result."""
+    separate shells, to have extra's own xtrace); tests only read the result.
+
+    Keystone and Barbican are real here: BYOK_AUTH_ENDPOINT points the configured files at the
+    embedded stack and the smoke experiment's user cloud is its alice, so the key-path
+    experiment runs for real through the cinder.conf that post-config wrote."""
     ds = new_devstack(tmp_path_factory.mktemp("smoke"))
-    env = {"BYOK_RUN_SMOKE": "True", "OS_CLOUD": "devstack-admin"}
+    env = {"BYOK_RUN_SMOKE": "True", "OS_CLOUD": "devstack-admin",
+           "BYOK_AUTH_ENDPOINT": stack.cfg.keystone_url,
+           "BYOK_SMOKE_CLOUD": stack.cloud_name("alice"),
+           "OS_CLIENT_CONFIG_FILE": str(stack.cfg.clouds_yaml)}
     ds.run("stack post-config", env=env)
     return ds, ds.run("stack extra", env=env)
 
@@ -472,12 +479,32 @@ def test_smoke_checks_service_tokens_with_the_password_in_the_environment_only(
     for call in token_calls:
         assert call[-6:] == ["token", "issue", "-f", "value", "-c", "project_id"]
         assert call[call.index("--os-project-name") + 1] == "service"
-        assert call[call.index("--os-auth-url") + 1] == f"{KEYSTONE_URI}/v3"
+        assert call[call.index("--os-auth-url") + 1].endswith("/v3")  # BYOK_AUTH_ENDPOINT
         assert SERVICE_PASSWORD not in call
     assert ds.calls("openstack-env") == [["openstack-env", "OS_PASSWORD=set", "OS_CLOUD="]] * 2
     assert "byok smoke: service user nova gets a project-scoped token" in proc.stdout
     assert "+ byok_check_service_token nova" in proc.stderr  # xtrace was on ...
     assert SERVICE_PASSWORD not in proc.stderr  # ... and did not print the password
+
+
+def test_smoke_runs_the_key_path_experiment_through_cinder_conf(smoked: Smoked) -> None:
+    """The smoke experiment, against real Keystone + Barbican, through the configured file:
+    every check of devstack/tools/byok-smoke-keypath.py passed and said so."""
+    _ds, proc = smoked
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("byok smoke: key path:")]
+    assert len(lines) == 8, proc.stdout
+    assert all(": ok: " in ln for ln in lines), lines
+    assert "byok smoke: key path: ok: volume delete keeps the user's key" in lines
+
+
+def test_smoke_key_path_failure_stops_the_stack(devstack: FakeDevstack) -> None:
+    devstack.run("stack post-config")
+    proc = devstack.run("stack extra", env={"BYOK_RUN_SMOKE": "True",
+                                            "BYOK_SMOKE_CLOUD": "no-such-cloud"},
+                        before="is_service_enabled() { [[ $1 != key ]]; }", check=False)
+    assert proc.returncode != 0
+    assert "byok smoke: key path FAILED" in proc.stderr
+    assert "the key path experiment failed through" in proc.stderr
 
 
 def test_smoke_fails_the_stack_when_a_file_does_not_load_byok(devstack: FakeDevstack) -> None:
