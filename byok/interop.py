@@ -54,8 +54,10 @@ def dissect_sha256(path: Path, passphrase: Sensitive, size: int) -> str:
         return hashlib.sha256(stream.read(size)).hexdigest()
 
 
-def qemu_encrypt_luks1(raw: Path, out: Path, passphrase: Sensitive, *, attempts: int = 20) -> None:
-    """A LUKS1 image of ``raw`` made by qemu-img (what Nova/Glance tooling produces).
+def qemu_encrypt_luks1(raw: Path, out: Path, passphrase: Sensitive, *, attempts: int = 20,
+                       cipher_mode: str = "xts", ivgen: str = "plain64") -> None:
+    """A LUKS1 image of ``raw`` made by qemu-img (what Nova/Glance tooling produces), AES-256
+    in ``cipher_mode`` (xts, cbc) with ``ivgen`` (plain64, essiv: sha256 as its hash).
 
     qemu-img benchmarks its PBKDF and, on this VM's coarse CPU accounting, sometimes fails with
     "Unable to get accurate CPU usage"; that one error is retried.
@@ -67,7 +69,10 @@ def qemu_encrypt_luks1(raw: Path, out: Path, passphrase: Sensitive, *, attempts:
             res = proc.run(
                 ["qemu-img", "convert", "-f", "raw", "-O", "luks",
                  "--object", f"secret,id=sec0,file={fd_path}",
-                 "-o", "key-secret=sec0,iter-time=10", str(raw), str(out)],
+                 "-o", f"key-secret=sec0,iter-time=10,cipher-alg=aes-256,"
+                 f"cipher-mode={cipher_mode},ivgen-alg={ivgen}"
+                 + (",ivgen-hash-alg=sha256" if ivgen == "essiv" else ""),
+                 str(raw), str(out)],
                 pass_fds=(fd,), check=False, timeout=300, what="qemu-img convert",
             )
         if res.returncode == 0:

@@ -92,9 +92,10 @@ def unlock(header: LuksHeader, header_file: Path, passphrase: Sensitive) -> Unlo
     if not header.keyslots:
         raise RecoveryError("the header has no active keyslot")
     with open(header_file, "rb") as f:
-        for slot in sorted(header.keyslots, key=lambda k: (-k.priority, k.slot)):
-            if slot.priority == 0:
-                continue  # "ignore" priority: cryptsetup does not try it either
+        # Priority order as cryptsetup (high, normal), then "ignore" (0) last: cryptsetup opens
+        # those only when named, but recovery must work with whatever slot the key has.
+        for slot in sorted(header.keyslots,
+                           key=lambda k: (k.priority == 0, -k.priority, k.slot)):
             f.seek(slot.area_offset)
             area = f.read(slot.key_bytes * slot.af_stripes)
             area += bytes(-len(area) % 512)

@@ -124,3 +124,36 @@ def test_cli_key_file_passphrase_file_and_wrong_key(tmp_path, raw):
     assert r.returncode != 0 and "exists" in r.stderr  # never overwrites without --force
     with pytest.raises(WrongKey):
         recovery.recover(img, tmp_path / "d", passphrase=Sensitive("nope"))
+
+
+def test_a_key_in_an_ignore_priority_slot_still_recovers(tmp_path, raw):
+    pw, other = Sensitive(os.urandom(32).hex()), Sensitive(os.urandom(32).hex())
+    img = tmp_path / "img.luks"
+    luks2_image(raw, img, pw, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
+    luks.add_key(img, pw, other, slot=3)
+    proc.run(["cryptsetup", "config", "--key-slot", "3", "--priority", "ignore", str(img)])
+    out = tmp_path / "p.plain"
+    assert recovery.recover(img, out, passphrase=other)["slot"] == 3
+    assert out.read_bytes() == raw.read_bytes()
+
+
+@pytest.mark.parametrize(("cipher_mode", "ivgen"), [("xts", "plain64"), ("cbc", "essiv"),
+                                                    ("cbc", "plain64")])
+def test_qemu_made_luks1_other_ciphers(tmp_path, raw, cipher_mode, ivgen):
+    """LUKS1 from an independent implementation (qemu's crypto layer) with the other cipher
+    modes recovery supports; a non-zero keyslot (qemu writes slot 0, cryptsetup moves it)."""
+    pw, other = Sensitive(os.urandom(32).hex()), Sensitive(os.urandom(32).hex())
+    img = tmp_path / "q.luks"
+    interop.qemu_encrypt_luks1(raw, img, pw, cipher_mode=cipher_mode, ivgen=ivgen)
+    assert luks.dump(img).version == 1
+    luks.add_key(img, pw, other, slot=5)
+    luks.remove_key(img, pw)
+    out = tmp_path / "q.plain"
+    assert recovery.recover(img, out, passphrase=other)["slot"] == 5
+    assert out.read_bytes()[: raw.stat().st_size] == raw.read_bytes()
+    # ... and with a detached copy of that header
+    hdr = tmp_path / "q.hdr"
+    luks.header_backup(img, hdr)
+    out2 = tmp_path / "q2.plain"
+    recovery.recover(img, out2, passphrase=other, header=hdr)
+    assert out2.read_bytes() == out.read_bytes()
