@@ -55,6 +55,13 @@ def _bind(resolver: Resolver, ref: KeyRef | str, consumer: Consumer) -> SecretIn
     return info
 
 
+def _material(resolver: Resolver, info: SecretInfo) -> KeyMaterial:
+    """The payload of an already checked secret, validated against its metadata."""
+    payload = resolver.api.payload(info.ref, content_type_for(info.secret_type))
+    validate_payload(info, payload)
+    return KeyMaterial(info, payload)
+
+
 def bind(
     ref: KeyRef | str,
     *,
@@ -90,10 +97,7 @@ def resolve_volume_key(
         return resolve_for_volume(ref, service_identity=identity, volume_id=volume_id,
                                   service=service, endpoint=endpoint, deadline=deadline)
     resolver = Resolver(identity, endpoint=endpoint, deadline=deadline)
-    info = _bind(resolver, ref, Consumer(service, volume_id))
-    payload = resolver.api.payload(info.ref, content_type_for(info.secret_type))
-    validate_payload(info, payload)
-    return KeyMaterial(info, payload)
+    return _material(resolver, _bind(resolver, ref, Consumer(service, volume_id)))
 
 
 def resolve_for_volume(
@@ -122,9 +126,7 @@ def resolve_for_volume(
             f"project; {service} may not use it for that volume on its own authority",
             hint="bind it with the user's token first (volume create / attach as the user)",
         )
-    payload = resolver.api.payload(info.ref, content_type_for(info.secret_type))
-    validate_payload(info, payload)
-    return KeyMaterial(info, payload)
+    return _material(resolver, info)
 
 
 def release(
