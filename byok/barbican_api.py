@@ -173,7 +173,9 @@ class BarbicanAPI:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Transient),
             stop=tenacity.stop_before_delay(self.deadline),
-            wait=tenacity.wait_exponential_jitter(initial=0.1, max=1.5),
+            # Small jitter: tenacity's default (up to 1 s) can make the wait before the second
+            # retry overshoot a short deadline, giving up on a fault that was about to clear.
+            wait=tenacity.wait_exponential_jitter(initial=0.1, max=1.0, jitter=0.25),
             reraise=True,
         )
         try:
