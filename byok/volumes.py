@@ -188,6 +188,7 @@ class VolumeService:
         self.endpoint = self.resolver.endpoint
         self.lock_mode = lock_mode
         self.service_name = service_name
+        self.lock_waits: list[float] = []  # seconds each copy waited for its read lock
 
     # -- helpers -----------------------------------------------------------------------------
     def _bind(self, ref: KeyRef | str, rid: str, kind: str) -> keys.SecretInfo:
@@ -209,11 +210,17 @@ class VolumeService:
 
     @contextlib.contextmanager
     def _reading(self, rid: str) -> Iterator[None]:
+        """Hold ``rid`` for reading (a copy): a shared per-volume lock, or — for comparison, the
+        discipline the PTG warned about — one exclusive lock for the whole pool. The time spent
+        waiting for it is appended to ``lock_waits`` (E06 measures it)."""
+        t0 = time.monotonic()
         if self.lock_mode == "global":
             with self.pool._global, self.pool.lock("pool", shared=False, wait=600):
+                self.lock_waits.append(time.monotonic() - t0)
                 yield
         else:
             with self.pool.lock(rid, shared=True):
+                self.lock_waits.append(time.monotonic() - t0)
                 yield
 
     def _new_record(self, kind: str, size: int, key: KeyMaterial, **kw) -> VolumeRecord:
