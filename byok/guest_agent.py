@@ -95,10 +95,12 @@ def lean_execute(argv: list[str], *, process_input=None, check_exit_code=True, a
 class PreResolvedKeyManager:
     """A castellan key manager that serves the one key the host already resolved.
 
-    Not a fake of Barbican: the host resolved the key through byok's resolver/castellan backend
-    against the real Barbican; the guest has no network, so the resolved castellan object is
-    handed over and this class returns it when os-brick calls ``get`` — exactly as a compute
-    host's key manager would after its own Barbican round trip.
+    Not a fake of Barbican: the host resolved the key against the real Barbican through
+    :func:`byok.guard.resolve_volume_key` — the very function the castellan backend ``byok``
+    runs in ``get`` for a volume — and the guest has no network, so the resolved castellan object
+    is handed over and this class returns it when os-brick calls ``get``. That os-brick's own
+    encryptor code, given backend ``byok`` itself, derives the same passphrase is tested on the
+    host (tests/integration/test_key_path.py).
     """
 
     def __init__(self, obj: Any, key_id: str) -> None:
