@@ -315,17 +315,22 @@ def _reencrypt_start(svc, rid: str, new_key_ref: str, journal: Journal) -> dict:
 def finish_interrupted_reencryption(svc, rid: str, pw: Sensitive, policy) -> str:
     """Bring cryptsetup's interrupted LUKS2 reencryption of ``rid`` to its end; say how.
 
-    ``resume`` (``--resume-only``) is the normal way; some interruptions need ``repair``
-    first. Measured here (cryptsetup 2.6.1, kill -9 at random moments): kills in the last
-    moments leave the data wholly re-encrypted — segment 0, the whole device, bound to the new
-    key's digest — but the old keyslot already wiped while the reencrypt requirement is still
-    set; resume and repair then both fail because they want the old key too. That header is
-    *rebuilt*: the new volume key is read with byok's own LUKS2 reader, checked against its
-    digest, the old header is backed up, and a fresh header with the same UUID, cipher, sector
-    size and data offset is written around the same key; the data is not touched.
+    Measured here (cryptsetup 2.6.1, kill -9 at random moments, data checked after each):
+
+    * killed while data was still being re-encrypted, ``cryptsetup reencrypt --resume-only``
+      finishes it (``resume``); some of those interruptions need ``cryptsetup repair`` first;
+    * killed after the last data was written — segment 0, the whole device, already bound to
+      the *final* segment's key digest — resume is wrong: with the old keyslot already wiped
+      it refuses (and so does repair), and with the old keyslot still there it reports success
+      but **re-processes the finished data and destroys it** (twice in 100 kills here). In that
+      state the data is wholly in the new key and only the metadata is unfinished, so byok
+      never resumes it: the header is **rebuilt** around the verified new volume key (same UUID,
+      cipher, sector size and data offset; the old header is backed up first; data untouched).
     """
     path = svc.pool.path(rid)
     for how in ("resume", "repair", "resume"):
+        if _data_wholly_reencrypted(path):
+            return _rebuild_header(svc, rid, pw, policy)
         with contextlib.suppress(ByokError):
             if how == "repair":
                 luks.repair(path, pw)
@@ -333,22 +338,49 @@ def finish_interrupted_reencryption(svc, rid: str, pw: Sensitive, policy) -> str
                 luks.reencrypt(path, pw, resume=True)
         if not luks.dump(path).reencrypting:
             return how
-    meta = luks.metadata(path)
-    live = {k: v for k, v in meta.get("segments", {}).items()
+    if _data_wholly_reencrypted(path):
+        return _rebuild_header(svc, rid, pw, policy)
+    raise RotationError(
+        f"{rid}: cryptsetup cannot finish its interrupted re-encryption and the data is split "
+        "between two volume keys; nothing was changed",
+        hint="keep the volume as it is and run 'cryptsetup reencrypt --resume-only' with the "
+        "key by hand, or recover offline from a backup",
+    )
+
+
+def _final_digest(meta: dict) -> dict | None:
+    """The key digest of the reencryption's final segment, if segment 0 — the whole device —
+    is already bound to it (all data written with the new key); else None."""
+    segs = meta.get("segments", {})
+    live = {k: v for k, v in segs.items()
             if not any(f.startswith("backup-") for f in v.get("flags", []))}
+    final = [k for k, v in segs.items() if "backup-final" in v.get("flags", [])]
     seg = live.get("0", {})
     if list(live) != ["0"] or seg.get("type") != "crypt" or seg.get("size") != "dynamic":
-        raise RotationError(
-            f"{rid}: cryptsetup cannot finish its interrupted re-encryption and the data is "
-            "split between two volume keys; nothing was changed",
-            hint="keep the volume as it is and run 'cryptsetup reencrypt --resume-only' with "
-            "the key by hand, or recover offline from a backup",
-        )
-    digest = next(d for d in meta["digests"].values() if "0" in d.get("segments", []))
+        return None
+    for d in meta.get("digests", {}).values():
+        if "0" in d.get("segments", []) and final and final[0] in d.get("segments", []):
+            return d
+    return None
+
+
+def _data_wholly_reencrypted(path: Path) -> bool:
+    return luks.dump(path).reencrypting and _final_digest(luks.metadata(path)) is not None
+
+
+def _rebuild_header(svc, rid: str, pw: Sensitive, policy) -> str:
+    path = svc.pool.path(rid)
+    meta = luks.metadata(path)
+    digest = _final_digest(meta)
+    if digest is None:
+        raise RotationError(f"{rid}: the header is not in a state byok may rebuild")
+    seg = meta["segments"]["0"]
     header = luksheader.read(str(path))
-    unlocked = recovery.unlock(header, path, pw)
-    if str(unlocked.slot) not in digest.get("keyslots", []):
-        raise RotationError(f"{rid}: the key opens a slot that is not bound to the data")
+    # Only the keyslots of the final key: the old one may still open with the same passphrase.
+    final_slots = tuple(k for k in header.keyslots if str(k.slot) in digest.get("keyslots", []))
+    if not final_slots:
+        raise RotationError(f"{rid}: no keyslot holds the re-encrypted data's key")
+    unlocked = recovery.unlock(dataclasses.replace(header, keyslots=final_slots), path, pw)
     luks.header_backup(path, svc.pool.header_backup_path(rid, "-pre-rebuild"))
     luks.rewrite_header(path, unlocked.volume_key, pw, uuid=header.uuid,
                         cipher=str(seg["encryption"]), sector_size=int(seg["sector_size"]),

@@ -18,7 +18,7 @@ from byok.pattern import pattern
     "time proportional to size and changes the volume key; a re-encryption killed at any "
     "moment can be finished with the data intact.",
     needs={"stack"},
-    params={"sizes_mib": [64, 256, 1024], "reencrypt_kills": 12},
+    params={"sizes_mib": [64, 256, 1024], "reencrypt_kills": 40},
 )
 def run(ctx):
     svc = ctx.volumes(with_service=False)
@@ -72,6 +72,7 @@ def _interrupted_reencryptions(ctx, svc) -> None:
     svc.delete(probe.id)
     rng = random.Random(10)
     how: dict[str, int] = {}
+    plain: dict[str, int] = {}  # what cryptsetup's own resume does, on a copy, for contrast
     intact = 0
     kills = ctx.param("reencrypt_kills")
     for _ in range(kills):
@@ -84,6 +85,8 @@ def _interrupted_reencryptions(ctx, svc) -> None:
         proc.kill_group(p)
         p.wait()
         if luks.dump(path).reencrypting:
+            alone = _cryptsetup_resume_alone(ctx, path, pw, raw)
+            plain[alone] = plain.get(alone, 0) + 1
             done = rotation.finish_interrupted_reencryption(svc, vol.id, pw, "machine-key")
         else:
             done = "finished before the kill"
@@ -95,5 +98,35 @@ def _interrupted_reencryptions(ctx, svc) -> None:
         svc.delete(vol.id)
     for k, n in sorted(how.items()):
         ctx.measure(f"interrupted_reencryption:{k}", n, "of " + str(kills))
+    for k, n in sorted(plain.items()):
+        ctx.measure(f"cryptsetup_resume_alone:{k}", n, "of " + str(kills),
+                    note="contrast: plain cryptsetup reencrypt --resume-only on a copy")
     ctx.check(f"every one of {kills} killed re-encryptions was finished with the data intact",
               intact == kills, f"{intact}/{kills} intact; {how}")
+
+
+def _cryptsetup_resume_alone(ctx, path, pw, raw) -> str:
+    """What ``cryptsetup reencrypt --resume-only`` alone makes of a copy of the killed volume."""
+    from byok import sparse
+    from byok.errors import ByokError
+
+    copy = ctx.scratch / "e10-copy.img"
+    copy.unlink(missing_ok=True)
+    sparse.copy_sparse(path, copy)
+    try:
+        luks.reencrypt(copy, pw, resume=True)
+    except ByokError:
+        copy.unlink()
+        return "refused"
+    if luks.dump(copy).reencrypting:
+        copy.unlink()
+        return "refused"
+    out = ctx.scratch / "e10-copy.plain"
+    try:
+        recovery.recover(copy, out, passphrase=pw)
+        ok = out.read_bytes()[: raw.stat().st_size] == raw.read_bytes()
+    except ByokError:
+        ok = False
+    out.unlink(missing_ok=True)
+    copy.unlink()
+    return "finished, data intact" if ok else "finished, DATA DESTROYED"

@@ -262,12 +262,15 @@ def test_reencryption_crashes_resume_to_the_new_key(world):
     assert old.href != new.href
 
 
-def test_reencryption_killed_in_cryptsetups_finalisation_window_is_rebuilt(world):
-    """cryptsetup 2.6's offline reencryption, killed in its last moments, can leave the data
-    wholly re-encrypted but the old keyslot already wiped while the reencrypt requirement is
-    still set: its own resume and repair then refuse. Provoke exactly that state with real
-    kills, then show byok finishes it (header rebuilt around the verified new key) with the
-    plaintext unchanged."""
+def test_cryptsetups_own_reencryption_killed_at_random_is_always_finished_intact(world):
+    """kill -9 ``cryptsetup reencrypt`` itself at random moments, 80 times, and let byok finish
+    each (rotation.finish_interrupted_reencryption): the plaintext is unchanged every time.
+
+    This is where cryptsetup 2.6.1 needs help: killed after its last data write, its header has
+    segment 0 bound to the final key but the reencrypt requirement still set. With the old
+    keyslot already wiped, resume and repair refuse; with it still present, resume reports
+    success and re-processes the finished data, destroying it (seen 2 times in 100 such kills
+    before byok stopped resuming that state). byok rebuilds the header instead."""
     from byok import proc
 
     svc, keys_, pw, template, want = world
@@ -278,33 +281,32 @@ def test_reencryption_killed_in_cryptsetups_finalisation_window_is_rebuilt(world
                                                                        p_old))
     full = time.monotonic() - t0
     svc.delete(probe.id)
-    hit = None
-    for attempt in range(200):
+    seen: dict[str, int] = {}
+    for _ in range(80):
         vol = svc.clone(template.id)
         path = svc.pool.path(vol.id)
         slot = luks.test_key(path, p_old)
         p = proc.start([luks.CRYPTSETUP, "reencrypt", "--batch-mode", "--force-offline-reencrypt",
                         "--key-slot", str(slot), "--key-file=-", path], input=p_old)
-        time.sleep(RNG.uniform(0.5, 1.05) * full)
+        time.sleep(RNG.uniform(0.05, 1.05) * full)
         proc.kill_group(p)
         p.wait()
         count("crashes injected")
         count("re-encryption crashes injected")
         info = luks.dump(path)
-        if info.reencrypting and slot not in info.active_slots:
-            hit = (vol, attempt + 1)
-            break
+        if info.reencrypting:
+            state = ("final key, old slot " + ("present" if slot in info.active_slots
+                                                else "wiped")
+                     if rotation._data_wholly_reencrypted(path) else "data in progress")
+            how = rotation.finish_interrupted_reencryption(svc, vol.id, p_old,
+                                                           luks.policy_for("symmetric"))
+            assert not luks.dump(path).reencrypting
+        else:
+            state, how = "finished before the kill", "-"
+        assert plaintext_sha(path, p_old) == want, f"{state}: data changed after {how}"
+        key = f"{state} -> {how}"
+        seen[key] = seen.get(key, 0) + 1
         svc.delete(vol.id)
-    assert hit, "200 kills never landed in cryptsetup's finalisation window"
-    vol, attempts = hit
-    count("kills needed to land in cryptsetup's finalisation window", attempts)
-    path = svc.pool.path(vol.id)
-    with pytest.raises(ByokError):
-        luks.reencrypt(path, p_old, resume=True)  # cryptsetup alone cannot finish it
-    how = rotation.finish_interrupted_reencryption(svc, vol.id, p_old,
-                                                   luks.policy_for("symmetric"))
-    assert how == "rebuilt"
-    assert not luks.dump(path).reencrypting
-    assert plaintext_sha(path, p_old) == want
-    count("finalisation-window states provoked and rebuilt")
-    svc.delete(vol.id)
+    for key, n in seen.items():
+        count(f"cryptsetup reencrypt killed: {key}", n)
+    assert any(k.startswith("final key") and k.endswith("rebuilt") for k in seen), seen
