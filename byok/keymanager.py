@@ -144,23 +144,31 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         msg = "\x1f".join(str(p) for p in parts) + "\x1e" + secret
         return hmac.new(self._hmac_key, msg.encode(), hashlib.sha256).digest()
 
-    def _get_barbican_client(self, context: Any) -> Any:
+    def _per_credential(self, cache: collections.OrderedDict, context: Any,
+                        build: Any) -> Any:
+        """``build()``, reused per credential for ``[byok] session_ttl`` seconds (LRU-bounded);
+        uncached for a credential shape we cannot key safely or with the TTL at 0."""
         ttl = self.conf.byok.session_ttl
         key = self._credential_key(context) if context and ttl else None
         if key is None:
-            return super()._get_barbican_client(context)
+            return build()
         now = time.monotonic()
         with self._lock:
-            hit = self._clients.get(key)
+            hit = cache.get(key)
             if hit and hit[1] > now:
-                self._clients.move_to_end(key)
+                cache.move_to_end(key)
                 return hit[0]
-        client = super()._get_barbican_client(context)
+        value = build()
         with self._lock:
-            self._clients[key] = (client, now + ttl)
-            while len(self._clients) > self.conf.byok.session_cache_size:
-                self._clients.popitem(last=False)
-        return client
+            cache[key] = (value, now + ttl)
+            while len(cache) > self.conf.byok.session_cache_size:
+                cache.popitem(last=False)
+        return value
+
+    def _get_barbican_client(self, context: Any) -> Any:
+        return self._per_credential(self._clients, context,
+                                    lambda: super(ByokKeyManager, self)._get_barbican_client(
+                                        context))
 
     # -- ownership ---------------------------------------------------------------------------
     def _mark_service_owned(self, context: Any, object_id: str) -> None:
@@ -214,19 +222,8 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         """byok's identity for a castellan credential, reused like the clients above."""
         from byok.identity import Identity
 
-        key = self._credential_key(context)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._identities.get(key) if key else None
-            if hit and hit[1] > now:
-                return hit[0]
-        ident = Identity.from_castellan(context, auth_url=self.conf.barbican.auth_endpoint)
-        if key and self.conf.byok.session_ttl:
-            with self._lock:
-                self._identities[key] = (ident, now + self.conf.byok.session_ttl)
-                while len(self._identities) > self.conf.byok.session_cache_size:
-                    self._identities.popitem(last=False)
-        return ident
+        return self._per_credential(self._identities, context, lambda: Identity.from_castellan(
+            context, auth_url=self.conf.barbican.auth_endpoint))
 
     def get_for_volume(self, context: Any, managed_object_id: str, volume_id: str) -> Any:
         """The key of ``volume_id`` through byok's key path (:func:`byok.guard.resolve_volume_key`):

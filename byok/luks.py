@@ -127,7 +127,7 @@ class LuksInfo:
     @property
     def reencrypting(self) -> bool:
         """An interrupted ``cryptsetup reencrypt`` (LUKS2 marks it as a mandatory requirement)."""
-        return any("reencrypt" in r for r in self.requirements)
+        return reencrypt_required(self.requirements)
 
 
 # --- error mapping ---------------------------------------------------------------------------
@@ -304,6 +304,15 @@ def repair(path: Path, passphrase: Sensitive) -> None:
          key=passphrase, timeout=3600.0)
 
 
+def reencrypt_required(reqs: tuple[str, ...]) -> bool:
+    return any("reencrypt" in r for r in reqs)
+
+
+def requirements(meta: dict) -> tuple[str, ...]:
+    """LUKS2 ``config.requirements.mandatory`` of a metadata document."""
+    return tuple(meta.get("config", {}).get("requirements", {}).get("mandatory", []))
+
+
 def metadata(path: Path) -> dict:
     """The LUKS2 JSON metadata as cryptsetup reports it."""
     res = _run(path, ["luksDump", "--dump-json-metadata", str(path)], what="dump")
@@ -442,7 +451,7 @@ def dump(path: Path, *, header: Path | None = None) -> LuksInfo:
         data_offset=int(seg["offset"]),
         keyslots=slots,
         tokens=dict(meta.get("tokens", {})),
-        requirements=tuple(meta.get("config", {}).get("requirements", {}).get("mandatory", [])),
+        requirements=requirements(meta),
     )
 
 

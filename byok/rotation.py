@@ -365,7 +365,8 @@ def _final_digest(meta: dict) -> dict | None:
 
 
 def _data_wholly_reencrypted(path: Path) -> bool:
-    return luks.dump(path).reencrypting and _final_digest(luks.metadata(path)) is not None
+    meta = luks.metadata(path)  # one luksDump: the requirement and the segments
+    return luks.reencrypt_required(luks.requirements(meta)) and _final_digest(meta) is not None
 
 
 def _rebuild_header(svc, rid: str, pw: Sensitive, policy) -> str:
@@ -419,11 +420,13 @@ def _reencrypt_continue(svc, rid: str, doc: dict, journal: Journal, policy: str 
         rec.state = "available"
     pool.save(rec)
     rot = journal_for(svc, rid)
-    if rot.read() is not None:
-        rec = _resume(svc, rid, rot.read() or {}, rot)
+    pending = rot.read()
+    if pending is not None:
+        rec = _resume(svc, rid, pending, rot)
     if rec.key_ref != doc["new_ref"]:
         rec = _rotate(svc, rid, doc["new_ref"], policy, rot)
-    rec.history.append({"op": "reencrypt", "seconds": doc.get("seconds")})
+    rec.history.append({"op": "reencrypt", "seconds": doc.get("seconds"),
+                        **({"finished_by": doc["finished_by"]} if "finished_by" in doc else {})})
     pool.save(rec)
     journal.clear()
     return rec, float(doc.get("seconds") or 0.0)
