@@ -8,7 +8,10 @@ The base is ``$BYOK_HOME`` if set, else ``.byok`` in the project checkout (the d
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -66,3 +69,35 @@ def write_private(path: Path, data: str | bytes) -> None:
         os.close(fd)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def cache_dir() -> Path:
+    """Downloaded and built assets shared by every checkout on this host (guest kernels, the
+    newer UML, probe verdicts): ``$BYOK_CACHE_DIR``, else ``$XDG_CACHE_HOME/byok``, else
+    ``~/.cache/byok``. Nothing secret is ever stored here."""
+    env = os.environ.get("BYOK_CACHE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "byok"
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a (non-secret) file atomically: readers see the old or the new content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on ``path``: one builder of a cached asset at a time,
+    across processes and checkouts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -55,7 +55,7 @@ def new_run_id() -> str:
 def missing_needs(exp: Experiment, env: Environment) -> str | None:
     """Why ``exp`` cannot run in ``env`` (None if it can)."""
     from byok import proc
-    from byok.errors import ToolMissing
+    from byok.errors import ByokError, ToolMissing
     from byok.guest import check_available
 
     if "stack-control" in exp.needs and env.stack is None:
@@ -63,8 +63,8 @@ def missing_needs(exp: Experiment, env: Environment) -> str | None:
     if "dm-crypt" in exp.needs:
         try:
             check_available()
-        except ToolMissing as e:
-            return f"no dm-crypt guest: {e}"
+        except ByokError as e:
+            return f"no dm-crypt guest: {e.message}"
     if "qemu" in exp.needs:
         try:
             proc.which("qemu-img")

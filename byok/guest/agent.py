@@ -1,8 +1,10 @@
-"""Runs inside the UML guest (as its only program): executes a job's steps on real dm-crypt.
+"""Runs on the guest's kernel (as its only program): executes a job's steps on real dm-crypt.
 
-Invoked by ``guest_init.sh`` as ``python -m byok.guest_agent JOB_DEV RESULT_DEV``. The job
-(steps, disks, key material) is read from a block device backed by a host memfd; the result is
-written to another. Steps run in order; each records ``ok``, timing and its outputs; a failing
+Invoked by ``init.sh`` (or directly, by the host backend) as ``python -m byok.guest.agent JOB
+RESULT``. The job (steps, disks, key material) is read from a block device backed by a host
+memfd; the result is written to another. Before it touches a device whose serial number the
+backend set (QEMU), the agent checks it, so a reordered bus can never make it write the wrong
+volume. Steps run in order; each records ``ok``, timing and its outputs; a failing
 step records the error (type, message, exit code) and, unless ``continue_on_error``, ends the
 job. Nothing here talks to Keystone or Barbican: keys were resolved on the host by the hook,
 and reach os-brick through :class:`PreResolvedKeyManager`.
@@ -73,9 +75,9 @@ def lean_execute(argv: list[str], *, process_input=None, check_exit_code=True, a
     """os-brick's executor contract (processutils.execute's) on byok's process boundary.
 
     We are root in the guest, so root_helper/run_as_root are moot. processutils passes a
-    preexec_fn, which forces Python's fork+exec path; under User-Mode Linux every fork of this
-    large process costs ~0.1 s, so the lean path (vfork/posix_spawn) is what a compute host's
-    privsep daemon would cost relative to cryptsetup, not an artefact of the guest.
+    preexec_fn, which forces Python's fork+exec path; under User-Mode Linux or TCG every fork of
+    this large process costs ~0.1 s, so the lean path (vfork/posix_spawn) is what a compute
+    host's privsep daemon would cost relative to cryptsetup, not an artefact of the guest.
     """
     from oslo_concurrency import processutils
 
@@ -115,6 +117,19 @@ class PreResolvedKeyManager:
         return self.obj
 
 
+def check_serial(dev: str, want: str | None) -> None:
+    """Refuse a device whose serial is not the one the host gave it (virtio-blk sets it)."""
+    if not want:
+        return
+    try:
+        with open(f"/sys/block/{os.path.basename(dev)}/serial") as f:
+            have = f.read().strip()
+    except OSError:
+        have = "(none)"
+    if have != want:
+        raise RuntimeError(f"{dev} has serial {have!r}, expected {want!r}: wrong device order")
+
+
 class Agent:
     def __init__(self, job: dict) -> None:
         self.job = job
@@ -122,6 +137,7 @@ class Agent:
         self.disks = {d["name"]: d for d in job.get("disks", [])}
         self.encryptors: dict[str, Any] = {}
         for d in self.disks.values():
+            check_serial(d["dev"], d.get("serial"))
             self._connect(d)
 
     @staticmethod
@@ -370,6 +386,8 @@ def main(argv: list[str]) -> int:
     job_dev, result_dev = argv[1], argv[2]
     try:
         job = _read_job(job_dev)
+        for dev, serial in job.get("channels", {}).items():
+            check_serial(dev, serial)
         doc = Agent(job).run()
     except Exception:
         doc = {"fatal": traceback.format_exc()[-2000:]}

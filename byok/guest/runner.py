@@ -1,0 +1,200 @@
+"""Run one job on one backend: channels in, console watched, result out, nothing left behind.
+
+The runner owns what is the same for every backend: the job document, the memfd channels, the
+console protocol (``BYOK-STEP`` progress, ``BYOK-WAIT`` pauses answered on stdin), a boot
+watchdog (a guest that has not printed ``BYOK-BOOTED`` in time is killed and diagnosed), an
+overall timeout, killing the whole process group afterwards, and turning a failure into a
+:class:`~byok.errors.GuestError` that names the backend and the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from byok import proc
+from byok.errors import GuestError
+from byok.guest import diagnose
+from byok.guest.backend import Backend, Launch
+from byok.guest.job import RESULT_SIZE, Disk, GuestRun, channel, fill_channel, read_channel
+from byok.sensitive import Sensitive
+
+INIT_SCRIPT = Path(__file__).with_name("init.sh")
+BOOTED = "BYOK-BOOTED"
+
+
+def job_document(steps: Sequence[dict], disks: Sequence[Disk], launch: Launch,
+                 secrets: dict[str, Sensitive]) -> dict:
+    """What the agent reads: steps, each disk's device (and serial to check), key material."""
+    docs = []
+    for i, d in enumerate(disks):
+        link = d.link
+        if link and launch.link_dir:
+            link = str(Path(launch.link_dir) / Path(link).name)
+        doc = {"name": d.name, "dev": launch.devices[i], "link": link, "writable": d.writable,
+               "native_luks": d.native_luks is not None}
+        if launch.serials:
+            doc["serial"] = launch.serials[i]
+        docs.append(doc)
+    job = {"steps": list(steps), "disks": docs,
+           "secrets": {k: v.reveal().hex() for k, v in secrets.items()}}
+    if launch.serials:
+        job["channels"] = {launch.job_dev: launch.serials[len(disks)],
+                           launch.result_dev: launch.serials[len(disks) + 1]}
+    return job
+
+
+class _Console:
+    """Reads the guest's console lines, answers waits, notes when it booted."""
+
+    def __init__(self, p: subprocess.Popen, *, boots: bool,
+                 on_wait: Callable[[str], None] | None,
+                 progress: Callable[[str], None] | None) -> None:
+        self.p = p
+        self.lines: list[str] = []
+        self.t0 = time.monotonic()
+        self.booted_at: float | None = None if boots else self.t0
+        self.on_wait = on_wait
+        self.progress = progress
+        self.threads = [threading.Thread(target=self._stdout, daemon=True),
+                        threading.Thread(target=self._stderr, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _stdout(self) -> None:
+        assert self.p.stdout is not None
+        for raw in self.p.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            self.lines.append(line)
+            if self.booted_at is None and line.endswith(BOOTED):
+                self.booted_at = time.monotonic()
+            if line.startswith("BYOK-STEP") and self.progress:
+                self.progress(line[len("BYOK-STEP ") :])
+            if line.startswith("BYOK-WAIT "):
+                self._answer(line.split(" ", 1)[1].strip())
+
+    def _answer(self, token: str) -> None:
+        try:
+            if self.on_wait:
+                self.on_wait(token)
+        finally:
+            with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+                assert self.p.stdin is not None
+                self.p.stdin.write(b"go\n")
+                self.p.stdin.flush()
+
+    def _stderr(self) -> None:
+        assert self.p.stderr is not None
+        for raw in self.p.stderr:
+            self.lines.append("stderr: " + raw.decode(errors="replace").rstrip())
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(timeout=10)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+class Guest:
+    """Runs :mod:`byok.guest.agent` jobs on real dm-crypt, on the backend chosen for this host
+    (``BYOK_GUEST``, default ``auto``: the fastest one whose probe really opened a volume)."""
+
+    def __init__(self, *, mem_mb: int = 768, timeout: float = 300.0,
+                 backend: str | Backend | None = None) -> None:
+        self.mem_mb = mem_mb
+        self.timeout = timeout
+        self._choice = backend
+
+    @property
+    def backend(self) -> Backend:
+        if isinstance(self._choice, Backend):
+            return self._choice
+        from byok.guest.select import pick
+
+        self._choice = pick(self._choice)
+        return self._choice
+
+    def run(self, steps: Sequence[dict], *, disks: Sequence[Disk] = (),
+            secrets: dict[str, Sensitive] | None = None,
+            on_wait: Callable[[str], None] | None = None,
+            progress: Callable[[str], None] | None = None) -> GuestRun:
+        """Run ``steps`` in a fresh guest; returns when the guest has powered off."""
+        backend = self.backend
+        backend.prepare()
+        if len(disks) > backend.max_disks:
+            raise GuestError(f"{backend.name}: at most {backend.max_disks} volumes per run "
+                             f"(got {len(disks)})")
+        job_fd, result_fd = channel(), channel(b"", RESULT_SIZE)
+        try:
+            launch = backend.launch(job_fd, result_fd, disks, mem_mb=self.mem_mb,
+                                    python=sys.executable, init_script=INIT_SCRIPT)
+        except BaseException:
+            os.close(job_fd)
+            os.close(result_fd)
+            raise
+        try:
+            fill_channel(job_fd, json.dumps(job_document(steps, disks, launch,
+                                                         secrets or {})).encode())
+            return self._boot(backend, launch, result_fd, on_wait, progress)
+        finally:
+            for fn in launch.cleanup:
+                with contextlib.suppress(Exception):
+                    fn()
+            os.close(job_fd)
+            os.close(result_fd)
+
+    def _boot(self, backend: Backend, launch: Launch, result_fd: int,
+              on_wait: Callable[[str], None] | None,
+              progress: Callable[[str], None] | None) -> GuestRun:
+        p = proc.start(launch.argv, env=launch.env, pass_fds=launch.pass_fds, interactive=True)
+        console = _Console(p, boots=launch.boots, on_wait=on_wait, progress=progress)
+        timed_out: float | None = None
+        try:
+            while True:
+                try:
+                    p.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    elapsed = time.monotonic() - console.t0
+                    if console.booted_at is None and elapsed > backend.boot_timeout:
+                        timed_out = backend.boot_timeout
+                        break
+                    if elapsed > self.timeout:
+                        timed_out = self.timeout
+                        break
+        finally:
+            proc.kill_group(p)  # helpers share the group: none may outlive the run
+            p.wait()
+            console.join()
+        seconds = time.monotonic() - console.t0
+        booted = console.booted_at is not None
+        boot_s = console.booted_at - console.t0 if console.booted_at is not None else None
+        raw = read_channel(result_fd)
+
+        def fail(what: str) -> GuestError:
+            d = diagnose.classify(backend.name, console.text, p.returncode,
+                                  facts=diagnose.host_facts(), booted=booted,
+                                  timed_out=timed_out)
+            return GuestError(f"guest ({backend.name}): {what}: {d.reason}", hint=(
+                (f"fix: {d.fix}; " if d.fix else "") + "console tail:\n"
+                + "\n".join(console.lines[-12:])))
+
+        if timed_out is not None:
+            raise fail("killed by the watchdog")
+        if not raw:
+            raise fail("the guest agent returned no result")
+        result = json.loads(raw)
+        if "fatal" in result:
+            raise GuestError(f"guest ({backend.name}): the agent failed: {result['fatal']}")
+        return GuestRun(result, console.text, p.returncode, seconds,
+                        list(result.get("steps", [])), session_id=p.pid,
+                        backend=backend.name, boot_seconds=boot_s)
