@@ -407,10 +407,10 @@ def _bench(args: argparse.Namespace) -> int:
 def _attach_parser(sub, fmt) -> None:
     ap = sub.add_parser(
         "attach", formatter_class=fmt,
-        help="unlock a volume with a user's key through os-brick on real dm-crypt (UML guest)",
+        help="unlock a volume with a user's key through os-brick on real dm-crypt (guest kernel)",
         description=(
             "Resolve the user's key, check the volume (never auto-format), and attach it with\n"
-            "os-brick's LUKS encryptor inside a User-Mode Linux guest with real dm-crypt.\n"
+            "os-brick's LUKS encryptor on real dm-crypt in a guest kernel (byok doctor).\n"
             "Without --hold the session is: attach, optional --write/--read, detach.\n"
             "With --hold the mapping stays open until 'byok detach VOLUME' (or Ctrl-C).\n\n"
             "Examples:\n"
@@ -1020,6 +1020,9 @@ def _main_job(args: argparse.Namespace) -> int:
 # --- guest backends --------------------------------------------------------------------------
 
 
+BACKEND_NAMES = ("host", "qemu-kvm", "uml", "uml-newer", "qemu-tcg")
+
+
 def _doctor_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "doctor", formatter_class=fmt,
@@ -1033,6 +1036,8 @@ def _doctor_parser(sub, fmt) -> None:
             "  BYOK_GUEST=qemu-tcg byok …  force a backend for any command"),
     )
     p.add_argument("--refresh", action="store_true", help="ignore cached verdicts, boot again")
+    p.add_argument("--backend", action="append", choices=BACKEND_NAMES, default=None,
+                   help="only this backend (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_doctor)
     g = sub.add_parser(
@@ -1045,7 +1050,7 @@ def _doctor_parser(sub, fmt) -> None:
     gs = g.add_subparsers(dest="guest_cmd", metavar="ACTION")
     gs.required = True
     prep = gs.add_parser("prepare", formatter_class=fmt, help="fetch/build every backend's assets")
-    prep.add_argument("--backend", action="append", default=None,
+    prep.add_argument("--backend", action="append", choices=BACKEND_NAMES, default=None,
                       help="only this backend (repeatable); default: all that need assets")
     prep.set_defaults(func=_guest_prepare)
 
@@ -1053,13 +1058,15 @@ def _doctor_parser(sub, fmt) -> None:
 def _doctor(args: argparse.Namespace) -> int:
     from byok.guest import doctor
 
-    doc = doctor.report(refresh=args.refresh, progress=lambda m: err.print(f"[dim]{m}[/]"))
+    doc = doctor.report(refresh=args.refresh, only=args.backend,
+                        progress=lambda m: err.print(f"[dim]{m}[/]"))
     if args.json:
         out.print_json(json.dumps(doc))
     else:
         for line in doctor.lines(doc):
             out.print(line, markup=False)
-    return 0 if doc["auto_pick"] else GuestError.exit_code
+    usable = any(b["usable"] for b in doc["backends"])
+    return 0 if usable else GuestError.exit_code
 
 
 def _guest_prepare(args: argparse.Namespace) -> int:

@@ -98,7 +98,8 @@ class DeviceMapperUnavailable(ByokError):
 
 
 class GuestError(ByokError):
-    """The User-Mode Linux guest failed to boot, timed out or reported an error."""
+    """A guest kernel (byok doctor shows which backend) failed to boot, timed out or reported an
+    error; the message names the backend and the cause."""
 
     exit_code = 10
 

@@ -149,7 +149,7 @@ def _classify(path: Path, res: proc.Result, what: str) -> ByokError:
             )
         return DeviceMapperUnavailable(
             f"{what}: this kernel has no device-mapper",
-            hint="opening a volume runs in the User-Mode Linux guest (byok.guest)",
+            hint="opening a volume runs in a guest kernel (byok.guest; byok doctor)",
         )
     if "No usable keyslot" in text:
         return HeaderCorrupt(f"{what}: {path.name}'s header has no usable keyslot",

@@ -292,8 +292,10 @@ def make_key(barbican):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Print the reliability suite's counts (crashes injected, fuzz examples, header flips,
-    hygiene scans), so every CI log states them."""
+    """Print the guest backends' probe table (which kernels really ran dm-crypt here, and why the
+    others did not) and the reliability suite's counts (crashes injected, fuzz examples, header
+    flips, hygiene scans), so every CI log states them."""
+    _guest_table(terminalreporter)
     try:
         from tests.reliability.conftest import COUNTS
     except ImportError:
@@ -303,3 +305,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("byok reliability counts")
     for name in sorted(COUNTS):
         terminalreporter.write_line(f"{name:>40}: {COUNTS[name]}")
+
+
+def _guest_table(terminalreporter) -> None:
+    from byok.guest import runner, select
+
+    if not runner.USED:
+        return  # no guest ran in this session
+    key = select.host_key()
+    found = [v for v in (select.cached_verdict(n, key) for n in select.ORDER) if v]
+    if not found:
+        return
+    picked = ", ".join(sorted(runner.USED))
+    terminalreporter.section(f"byok guest backends (this run used: {picked})")
+    for v in found:
+        terminalreporter.write_line("  " + v.line())

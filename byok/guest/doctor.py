@@ -33,14 +33,17 @@ def versions(verdicts: list[select.Verdict], facts: diagnose.HostFacts) -> dict[
     return out
 
 
-def report(*, refresh: bool = False, progress: Callable[[str], None] | None = None) -> dict:
-    """Probe (or read the cached verdicts of) every backend; say which one ``auto`` picks."""
-    verdicts = select.verdicts(refresh=refresh, progress=progress)
-    pick = next((v.backend for v in verdicts if v.usable), None)
+def report(*, refresh: bool = False, only: list[str] | None = None,
+           progress: Callable[[str], None] | None = None) -> dict:
+    """Probe (or read the cached verdicts of) every backend (or ``only`` these); say which one
+    ``auto`` picks."""
+    verdicts = select.verdicts(refresh=refresh, only=only, progress=progress)
+    pick = next((v.backend for v in verdicts if v.usable), None) if not only else None
     facts = diagnose.host_facts()
     forced = select.choice()
     return {
         "choice": forced,
+        "only": only,
         "auto_pick": pick,
         "backends": [asdict(v) | {"line": v.line()} for v in verdicts],
         "versions": versions(verdicts, facts),
@@ -53,6 +56,8 @@ def lines(doc: dict) -> list[str]:
     """The human form: a header, a line per backend, versions, host facts."""
     pick = doc["auto_pick"] or "none (no backend works here)"
     head = f"guest backends on this host (BYOK_GUEST={doc['choice']}; auto picks: {pick})"
+    if doc.get("only"):
+        head = f"guest backends on this host (only {', '.join(doc['only'])})"
     out = [head]
     for b in doc["backends"]:
         out.append("  " + b["line"])

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from byok import proc
-from byok.errors import GuestError
+from byok.errors import GuestError, WrongKey
 from byok.guest import diagnose
 from byok.guest.backend import Backend, Launch
 from byok.guest.job import RESULT_SIZE, Disk, GuestRun, channel, fill_channel, read_channel
@@ -28,6 +28,8 @@ from byok.sensitive import Sensitive
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 BOOTED = "BYOK-BOOTED"
+USED: set[str] = set()  # backends that ran a job in this process (the test log says which)
+NATIVE_WRONG_KEY = "Invalid password, cannot unlock any keyslot"  # QEMU's block/crypto.c
 
 
 def job_document(steps: Sequence[dict], disks: Sequence[Disk], launch: Launch,
@@ -144,7 +146,9 @@ class Guest:
         try:
             fill_channel(job_fd, json.dumps(job_document(steps, disks, launch,
                                                          secrets or {})).encode())
-            return self._boot(backend, launch, result_fd, on_wait, progress)
+            run = self._boot(backend, launch, result_fd, on_wait, progress)
+            USED.add(backend.name)
+            return run
         finally:
             for fn in launch.cleanup:
                 with contextlib.suppress(Exception):
@@ -190,6 +194,9 @@ class Guest:
 
         if timed_out is not None:
             raise fail("killed by the watchdog")
+        if not raw and NATIVE_WRONG_KEY in console.text:
+            raise WrongKey(f"guest ({backend.name}): QEMU's LUKS driver found no keyslot that "
+                           "opens with this passphrase (nothing was written)")
         if not raw:
             raise fail("the guest agent returned no result")
         result = json.loads(raw)

@@ -208,11 +208,12 @@ def verdict(name: str, *, refresh: bool = False, key: str | None = None,
     return v
 
 
-def verdicts(*, refresh: bool = False,
+def verdicts(*, refresh: bool = False, only: list[str] | None = None,
              progress: Callable[[str], None] | None = None) -> list[Verdict]:
     """Every backend's verdict (probing those without one): what ``byok doctor`` prints."""
     key = host_key()
-    return [verdict(n, refresh=refresh, key=key, progress=progress) for n in ORDER]
+    return [verdict(n, refresh=refresh, key=key, progress=progress) for n in ORDER
+            if not only or n in only]
 
 
 def choice() -> str:

@@ -20,7 +20,6 @@ from byok import paths
 
 SCHEMA_VERSION = 1
 VERDICTS = ("supported", "refuted", "error")
-DM_CRYPT_GUEST = "real dm-crypt in the user-mode-linux guest"
 DM_CRYPT_UNUSED = "not used (cryptsetup on files on the host, no device-mapper)"
 
 
@@ -134,12 +133,19 @@ def host_facts() -> dict:
             "cpus": os.cpu_count(),
             "cryptsetup": tool_version(["cryptsetup", "--version"]),
             "qemu_img": tool_version(["qemu-img", "--version"]),
-            "uml_kernel": sorted(p.name for p in Path("/usr/lib/uml/modules").glob("*"))
-            if Path("/usr/lib/uml/modules").is_dir() else None,
             **{d: _version(d) for d in ("os-brick", "castellan", "barbican", "keystone",
                                         "python-barbicanclient", "keystoneauth1", "byok")},
         }
     return dict(_HOST)
+
+
+def dm_crypt_where() -> str:
+    """Which guest backend (and kernel) the dm-crypt steps of this run used."""
+    from byok.guest import select
+
+    b = select.pick()
+    kernel = b.versions().get("kernel", "")
+    return f"real dm-crypt in the {b.name} guest" + (f" ({kernel})" if kernel else "")
 
 
 def environment_facts(env) -> dict:

@@ -73,6 +73,17 @@ def missing_needs(exp: Experiment, env: Environment) -> str | None:
     return None
 
 
+def _dm_crypt(exp: Experiment) -> str:
+    from byok.errors import ByokError
+
+    if "dm-crypt" not in exp.needs:
+        return results.DM_CRYPT_UNUSED
+    try:
+        return results.dm_crypt_where()
+    except ByokError:
+        return "none: no guest backend works on this host (byok doctor)"
+
+
 def run_experiments(
     selected: list[Experiment],
     env: Environment,
@@ -96,8 +107,7 @@ def run_experiments(
                 res = results.ExperimentResult(
                     id=exp.id, title=exp.title, hurdle=exp.hurdle, hypothesis=exp.hypothesis,
                     run_id=run_id, repeat=r, started=results.now(),
-                    host=host | {"dm_crypt": results.DM_CRYPT_GUEST if "dm-crypt" in exp.needs
-                                 else results.DM_CRYPT_UNUSED},
+                    host=host | {"dm_crypt": _dm_crypt(exp)},
                 )
                 t0 = time.monotonic()
                 ctx = Context(exp, env, res, run_dir, progress=progress,

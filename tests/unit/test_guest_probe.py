@@ -301,3 +301,18 @@ def test_channel_with_a_garbage_length_reads_as_empty():
         assert read_channel(fd) == b""
     finally:
         os.close(fd)
+
+
+def test_cli_lists_the_same_backends_as_the_probe():
+    from byok import cli
+
+    assert cli.BACKEND_NAMES == select.ORDER
+
+
+def test_host_backend_refuses_a_device_mapper_node_without_a_driver(tmp_path):
+    from byok.guest.host import device_mapper_problem
+
+    assert "no " in device_mapper_problem(str(tmp_path / "absent"))
+    assert device_mapper_problem("/dev/null") is None  # an openable node
+    (tmp_path / "dir").mkdir()
+    assert "the kernel answers" in device_mapper_problem(str(tmp_path / "dir"))
