@@ -99,9 +99,16 @@ class DeviceMapperUnavailable(ByokError):
 
 class GuestError(ByokError):
     """A guest kernel (byok doctor shows which backend) failed to boot, timed out or reported an
-    error; the message names the backend and the cause."""
+    error; the message names the backend and the cause (also as ``backend``, ``cause``, ``fix``)."""
 
     exit_code = 10
+
+    def __init__(self, message: str, *, hint: str | None = None, backend: str | None = None,
+                 cause: str | None = None, fix: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.backend = backend
+        self.cause = cause or message
+        self.fix = fix
 
 
 class CommandFailed(ByokError):

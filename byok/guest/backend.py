@@ -33,6 +33,7 @@ class Launch:
     cleanup: list[Callable[[], None]] = field(default_factory=list)
     boots: bool = True            # False: no kernel boots (host backend), no BYOK-BOOTED marker
     link_dir: str | None = None   # where the disks' /dev links go instead (host backend)
+    scratch_dirs: list[str] = field(default_factory=list)  # removed by the supervisor, always
 
 
 class Backend(ABC):

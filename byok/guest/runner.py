@@ -27,6 +27,7 @@ from byok.guest.job import RESULT_SIZE, Disk, GuestRun, channel, fill_channel, r
 from byok.sensitive import Sensitive
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
+SUPERVISOR = Path(__file__).with_name("supervise.py")
 BOOTED = "BYOK-BOOTED"
 USED: set[str] = set()  # backends that ran a job in this process (the test log says which)
 NATIVE_WRONG_KEY = "Invalid password, cannot unlock any keyslot"  # QEMU's block/crypto.c
@@ -51,6 +52,20 @@ def job_document(steps: Sequence[dict], disks: Sequence[Disk], launch: Launch,
         job["channels"] = {launch.job_dev: launch.serials[len(disks)],
                            launch.result_dev: launch.serials[len(disks) + 1]}
     return job
+
+
+def _stop(p: subprocess.Popen) -> None:
+    """Stop a supervised guest and everything it forked: SIGTERM makes the supervisor kill the
+    guest's process group and reap it; SIGKILL of the whole session is the fallback."""
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill_group(p)
+    p.wait()
 
 
 class _Console:
@@ -159,7 +174,9 @@ class Guest:
     def _boot(self, backend: Backend, launch: Launch, result_fd: int,
               on_wait: Callable[[str], None] | None,
               progress: Callable[[str], None] | None) -> GuestRun:
-        p = proc.start(launch.argv, env=launch.env, pass_fds=launch.pass_fds, interactive=True)
+        trees = [a for t in launch.scratch_dirs for a in ("--rmtree", t)]
+        argv = [sys.executable, "-I", "-S", str(SUPERVISOR), *trees, "--", *launch.argv]
+        p = proc.start(argv, env=launch.env, pass_fds=launch.pass_fds, interactive=True)
         console = _Console(p, boots=launch.boots, on_wait=on_wait, progress=progress)
         timed_out: float | None = None
         try:
@@ -176,8 +193,7 @@ class Guest:
                         timed_out = self.timeout
                         break
         finally:
-            proc.kill_group(p)  # helpers share the group: none may outlive the run
-            p.wait()
+            _stop(p)
             console.join()
         seconds = time.monotonic() - console.t0
         booted = console.booted_at is not None
@@ -190,7 +206,8 @@ class Guest:
                                   timed_out=timed_out)
             return GuestError(f"guest ({backend.name}): {what}: {d.reason}", hint=(
                 (f"fix: {d.fix}; " if d.fix else "") + "console tail:\n"
-                + "\n".join(console.lines[-12:])))
+                + "\n".join(console.lines[-12:])), backend=backend.name, cause=d.reason,
+                fix=d.fix)
 
         if timed_out is not None:
             raise fail("killed by the watchdog")

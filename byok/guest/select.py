@@ -120,15 +120,20 @@ def probe(b: Backend, *, progress: Callable[[str], None] | None = None) -> Verdi
     then decrypt the file on the host with an independent reader. Usable only if all agree."""
     t0 = time.monotonic()
     versions = b.versions()
+
+    def verdict_(usable: bool, reason: str, fix: str | None = None,
+                 boot: float | None = None) -> Verdict:
+        return Verdict(b.name, usable, reason, fix, time.monotonic() - t0, boot, time.time(),
+                       versions)
+
     reason = b.unavailable()
     if reason:
-        return Verdict(b.name, False, reason, None, 0.0, None, time.time(), versions)
+        return verdict_(False, reason)
     try:
         b.prepare(progress)
         versions = b.versions()
     except ByokError as e:
-        return Verdict(b.name, False, f"could not prepare it: {e.message}",
-                       e.hint, time.monotonic() - t0, None, time.time(), versions)
+        return verdict_(False, f"could not prepare it: {e.message}", e.hint)
     from byok.guest.runner import Guest
 
     passphrase = Sensitive(secrets.token_hex(32).encode())
@@ -151,27 +156,21 @@ def probe(b: Backend, *, progress: Callable[[str], None] | None = None) -> Verdi
             run = Guest(backend=b, timeout=b.boot_timeout + 120, mem_mb=512).run(
                 steps, disks=[Disk(vol, "probe")], secrets={"k": passphrase})
         except GuestError as e:
-            cause = e.message.split(": ", 2)[-1]
-            fix = (e.hint or "").split(";")[0].removeprefix("fix: ") if e.hint and \
-                e.hint.startswith("fix: ") else None
-            return Verdict(b.name, False, cause, fix, time.monotonic() - t0, None, time.time(),
-                           versions)
+            return verdict_(False, e.cause, e.fix)
         failed = next((s for s in run.steps if not s.get("ok")), None)
         if failed is not None:
-            return Verdict(b.name, False, "booted, but " + _step_failure(failed), None,
-                           time.monotonic() - t0, run.boot_seconds, time.time(), versions)
+            return verdict_(False, "booted, but " + _step_failure(failed), None,
+                            run.boot_seconds)
         if len(run.steps) != len(steps) or run.step("read")["sha256"] != pattern_sha256(
                 7, PROBE_BYTES):
-            return Verdict(b.name, False, "booted and opened, but the bytes read back differ",
-                           None, time.monotonic() - t0, run.boot_seconds, time.time(), versions)
+            return verdict_(False, "booted and opened, but the bytes read back differ", None,
+                            run.boot_seconds)
         if not _host_reads_pattern(vol, passphrase):
-            return Verdict(b.name, False, "the guest said it wrote through dm-crypt, but the "
-                           "host does not find those bytes in the volume", None,
-                           time.monotonic() - t0, run.boot_seconds, time.time(), versions)
-    total = time.monotonic() - t0
+            return verdict_(False, "the guest said it wrote through dm-crypt, but the host "
+                            "does not find those bytes in the volume", None, run.boot_seconds)
     boot = f"boot {run.boot_seconds:.1f} s, " if run.boot_seconds is not None else ""
-    return Verdict(b.name, True, f"opens LUKS on dm-crypt ({boot}whole probe {total:.1f} s)",
-                   None, total, run.boot_seconds, time.time(), versions)
+    return verdict_(True, f"opens LUKS on dm-crypt ({boot}whole probe "
+                    f"{time.monotonic() - t0:.1f} s)", None, run.boot_seconds)
 
 
 def _step_failure(step: dict) -> str:

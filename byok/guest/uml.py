@@ -104,7 +104,8 @@ class UmlBackend(Backend):
         env = env_path() | {"TMPDIR": "/dev/shm"}  # noqa: S108 - UML's own mmap files
         return Launch(argv, env, (job_fd, result_fd),
                       [f"/dev/ubd{LETTERS[i]}" for i in range(n)], job_dev, result_dev,
-                      cleanup=[lambda: shutil.rmtree(umid_dir, ignore_errors=True)])
+                      cleanup=[lambda: shutil.rmtree(umid_dir, ignore_errors=True)],
+                      scratch_dirs=[str(umid_dir)])
 
 
 class UmlNewerBackend(UmlBackend):

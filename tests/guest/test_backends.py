@@ -117,3 +117,54 @@ def test_host_backend_runs_on_a_kernel_with_device_mapper(guest_backend):
     assert doc["read"] == doc["want"]
     assert doc["link_outside_dev"]  # the /dev link went to a scratch dir, not the host's /dev
     assert doc["loops_left"] == ""  # every loop device detached
+
+
+KILLED_PARENT = """
+import sys, pathlib, time
+from byok.guest import Guest, select
+mark = pathlib.Path(sys.argv[2])
+def hold(token):
+    mark.write_text("waiting")
+    time.sleep(3600)
+Guest(backend=select.backend(sys.argv[1])).run(
+    [{"op": "wait", "token": "hold", "name": "w"}], on_wait=hold)
+"""
+
+
+@pytest.mark.parametrize("name", ["uml", "uml-newer", "qemu-tcg"])
+def test_a_killed_byok_leaves_no_guest_process(name, all_verdicts, tmp_path):
+    """SIGKILL the process that runs a guest while the guest waits: the kernel tells the
+    supervisor, which kills the guest and everything the guest forked (UML's helpers too)."""
+    import subprocess
+    import time
+
+    import psutil
+
+    if not all_verdicts[name].usable:
+        return  # reported by test_core_attach_on_backend
+    mark = tmp_path / "mark"
+    p = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, name, str(mark)])
+    deadline = time.monotonic() + 240
+    while not mark.exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    assert mark.exists(), "the guest never reached its wait step"
+    sessions = {c.pid for c in psutil.Process(p.pid).children()}
+    members = [q for q in psutil.process_iter(["pid"]) if _sid(q.pid) in sessions]
+    assert len(members) >= 2  # the supervisor and the guest at least
+    p.kill()
+    p.wait()
+    for _ in range(100):
+        left = [q.pid for q in psutil.process_iter(["pid"]) if _sid(q.pid) in sessions]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert left == [], f"{name}: processes of the killed run's guest survived: {left}"
+
+
+def _sid(pid: int) -> int | None:
+    import os
+
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
