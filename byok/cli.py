@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich_argparse import RawDescriptionRichHelpFormatter
 
-from byok.errors import ByokError, GuestError, UsageError
+from byok.common.errors import ByokError, GuestError, UsageError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -166,7 +166,7 @@ def add_identity_args(p: argparse.ArgumentParser, *, default_user: str | None = 
 
 
 def identity_from_args(args: argparse.Namespace):
-    from byok.identity import Identity
+    from byok.keys.identity import Identity
 
     if getattr(args, "cloud", None):
         return Identity.from_cloud(args.cloud)
@@ -235,9 +235,9 @@ def _key_store(args: argparse.Namespace) -> int:
     import os
     import secrets as pysecrets
 
-    from byok.barbican_api import BarbicanAPI
-    from byok.keys import Resolver
-    from byok.sensitive import Sensitive
+    from byok.common.sensitive import Sensitive
+    from byok.keys.barbican import BarbicanAPI
+    from byok.keys.resolver import Resolver
 
     ident = identity_from_args(args)
     if args.generate:
@@ -261,8 +261,8 @@ def _key_store(args: argparse.Namespace) -> int:
 
 
 def _key_show(args: argparse.Namespace) -> int:
-    from byok import guard
-    from byok.keys import Resolver
+    from byok.keys import guard
+    from byok.keys.resolver import Resolver
 
     ident = identity_from_args(args)
     r = Resolver(ident)
@@ -304,7 +304,7 @@ def _user_id(args: argparse.Namespace, name: str) -> str:
 
 
 def _key_acl(args: argparse.Namespace) -> int:
-    from byok.keys import Resolver
+    from byok.keys.resolver import Resolver
 
     r = Resolver(identity_from_args(args))
     ref = r.parse(args.ref)
@@ -324,7 +324,7 @@ def _key_acl(args: argparse.Namespace) -> int:
 
 
 def _key_delete(args: argparse.Namespace) -> int:
-    from byok.keys import Resolver
+    from byok.keys.resolver import Resolver
 
     r = Resolver(identity_from_args(args))
     ref = r.parse(args.ref)
@@ -448,7 +448,7 @@ def _size(text: str) -> int:
 
 
 def _hold_file(volume: Path) -> Path:
-    from byok import paths
+    from byok.common import paths
 
     return paths.base_dir() / "run" / f"attach-{volume.resolve().as_posix().replace('/', '_')}"
 
@@ -458,7 +458,7 @@ def _attach(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from byok import attach as hookmod
+    from byok.attach import hook as hookmod
 
     svc = None
     if not args.volume.exists():  # a pool volume id
@@ -488,7 +488,7 @@ def _attach(args: argparse.Namespace) -> int:
 
     def on_wait(token: str) -> None:
         hold.parent.mkdir(parents=True, exist_ok=True)
-        from byok import proc
+        from byok.common import proc
 
         hold.write_text(json.dumps({"pid": os.getpid(), "start_time": proc.pid_start_time(
             os.getpid()), "volume": str(args.volume.resolve())}))
@@ -524,7 +524,7 @@ def _detach(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from byok import proc
+    from byok.common import proc
 
     hold = _hold_file(args.volume)
     try:
@@ -557,8 +557,8 @@ def _detach(args: argparse.Namespace) -> int:
 
 def _volume_service(args: argparse.Namespace, *, with_service: bool = True):
     """The prototype volume service for the chosen user (service identity: cinder)."""
-    from byok.identity import Identity
-    from byok.volumes import Pool, VolumeService
+    from byok.keys.identity import Identity
+    from byok.lifecycle.volumes import Pool, VolumeService
 
     user = identity_from_args(args)
     service = None
@@ -585,7 +585,7 @@ def _print_record(rec, as_json: bool = False) -> None:
 
 
 def _volume_parser(sub, fmt) -> None:
-    from byok.luks import POLICIES
+    from byok.luks.cryptsetup import POLICIES
 
     vp = sub.add_parser(
         "volume", formatter_class=fmt,
@@ -703,7 +703,7 @@ def _vol_delete(args: argparse.Namespace) -> int:
 
 
 def _vol_rotate(args: argparse.Namespace) -> int:
-    from byok import rotation
+    from byok.lifecycle import rotation
 
     svc = _volume_service(args, with_service=False)
     if not args.resume and not args.key_ref:
@@ -714,7 +714,7 @@ def _vol_rotate(args: argparse.Namespace) -> int:
 
 
 def _vol_reencrypt(args: argparse.Namespace) -> int:
-    from byok import rotation
+    from byok.lifecycle import rotation
 
     if not args.resume and not args.key_ref:
         raise UsageError("give --key-ref NEW (or --resume to finish an interrupted one)")
@@ -738,7 +738,7 @@ def _vol_header(args: argparse.Namespace) -> int:
 def _vol_list(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from byok.volumes import Pool
+    from byok.lifecycle.volumes import Pool
 
     recs = Pool(args.pool).list()
     if args.json:
@@ -790,8 +790,8 @@ def _recover_parser(sub, fmt) -> None:
 def _recover(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from byok import recovery
-    from byok.errors import WrongKey
+    from byok.common.errors import WrongKey
+    from byok.luks import recovery
 
     candidates = recovery.read_passphrase(key_file=args.key_file,
                                           passphrase_file=args.passphrase_file)
@@ -939,7 +939,7 @@ def _finish_run(summary, report: bool, spec: Path | None = None) -> int:
 
 def _latest_bench(run_dir: Path) -> dict | None:
     """Benchmarks to show in a report: the run's own bench.json, else bench/latest.json."""
-    from byok import paths
+    from byok.common import paths
 
     root = paths.project_root()
     for candidate in (run_dir / "bench.json", root / "bench" / "latest.json" if root else None):
@@ -1000,7 +1000,7 @@ def _main_job_parser(sub, fmt) -> None:
 
 
 def _main_job(args: argparse.Namespace) -> int:
-    from byok import paths
+    from byok.common import paths
     from byok.harness.context import Environment
     from byok.harness.registry import discover
     from byok.stack.manager import Stack

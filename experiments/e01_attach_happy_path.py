@@ -1,8 +1,8 @@
 """E01 — a user's key unlocks LUKS1 and LUKS2 volumes through os-brick (H1)."""
 
-from byok.attach import attach_step, detach_step, read_step, write_step
+from byok.attach.hook import attach_step, detach_step, read_step, write_step
+from byok.common.pattern import pattern_sha256
 from byok.harness.registry import experiment
-from byok.pattern import pattern_sha256
 
 
 @experiment(

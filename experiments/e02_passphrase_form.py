@@ -4,13 +4,14 @@ import binascii
 
 from os_brick import utils as osbrick_utils
 
-from byok import interop, keys
-from byok.attach import attach_step, detach_step, write_step
-from byok.errors import WrongKey
+from byok.attach.hook import attach_step, detach_step, write_step
+from byok.common.errors import WrongKey
+from byok.common.pattern import pattern_sha256
+from byok.common.sensitive import Sensitive
 from byok.guest import native
 from byok.harness.registry import experiment
-from byok.pattern import pattern_sha256
-from byok.sensitive import Sensitive
+from byok.keys import resolver as keys
+from byok.luks import interop
 
 
 @experiment(

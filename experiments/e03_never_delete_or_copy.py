@@ -5,10 +5,10 @@ import uuid
 
 from castellan import key_manager
 
-from byok import keys
-from byok.barbican_api import BarbicanAPI
 from byok.harness.registry import experiment
-from byok.keymanager import configure, volume_scope
+from byok.key_manager.byok_key_manager import configure, volume_scope
+from byok.keys import resolver as keys
+from byok.keys.barbican import BarbicanAPI
 
 
 @experiment(

@@ -1,9 +1,10 @@
 """E04 — cross-tenant references are refused; ACLs open exactly one secret (H3)."""
 
-from byok import guard, keys
-from byok.barbican_api import BarbicanAPI
-from byok.errors import KeyAccessDenied
+from byok.common.errors import KeyAccessDenied
 from byok.harness.registry import experiment
+from byok.keys import guard
+from byok.keys import resolver as keys
+from byok.keys.barbican import BarbicanAPI
 
 
 @experiment(

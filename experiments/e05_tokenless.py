@@ -2,11 +2,11 @@
 
 from castellan import key_manager
 
-from byok import guard
-from byok.barbican_api import BarbicanAPI
-from byok.errors import KeyAccessDenied
+from byok.common.errors import KeyAccessDenied
 from byok.harness.registry import experiment
-from byok.keymanager import configure
+from byok.key_manager.byok_key_manager import configure
+from byok.keys import guard
+from byok.keys.barbican import BarbicanAPI
 
 
 @experiment(

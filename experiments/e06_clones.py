@@ -4,10 +4,11 @@ import os
 import threading
 import time
 
-from byok import keys, luks
-from byok.barbican_api import BarbicanAPI
-from byok.errors import WrongKey
+from byok.common.errors import WrongKey
 from byok.harness.registry import experiment
+from byok.keys import resolver as keys
+from byok.keys.barbican import BarbicanAPI
+from byok.luks import cryptsetup as luks
 
 
 @experiment(

@@ -1,9 +1,10 @@
 """E07 — a backup taken before a rotation restores with the key of backup time (H4)."""
 
-from byok import keys, recovery
-from byok.errors import WrongKey
+from byok.common.errors import WrongKey
+from byok.common.pattern import pattern
 from byok.harness.registry import experiment
-from byok.pattern import pattern
+from byok.keys import resolver as keys
+from byok.luks import recovery
 
 
 @experiment(

@@ -2,12 +2,13 @@
 
 import time
 
-from byok import guard, keys
-from byok.attach import attach_step, detach_step, read_step, wait_step, write_step
-from byok.barbican_api import BarbicanAPI
-from byok.errors import KeyAccessDenied, KeyNotFound
+from byok.attach.hook import attach_step, detach_step, read_step, wait_step, write_step
+from byok.common.errors import KeyAccessDenied, KeyNotFound
+from byok.common.pattern import pattern_sha256
 from byok.harness.registry import experiment
-from byok.pattern import pattern_sha256
+from byok.keys import guard
+from byok.keys import resolver as keys
+from byok.keys.barbican import BarbicanAPI
 
 
 @experiment(

@@ -6,9 +6,12 @@ import signal
 import sys
 import time
 
-from byok import keys, luks, proc, rotation
-from byok.errors import ByokError, WrongKey
+from byok.common import proc
+from byok.common.errors import ByokError, WrongKey
 from byok.harness.registry import experiment
+from byok.keys import resolver as keys
+from byok.lifecycle import rotation
+from byok.luks import cryptsetup as luks
 
 POINTS = ("started", "backed-up", "added", "verified", "removed", "saved")
 

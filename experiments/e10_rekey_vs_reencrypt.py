@@ -4,9 +4,13 @@ interrupted re-encryption can always be finished (H6)."""
 import random
 import time
 
-from byok import keys, luks, proc, recovery, rotation
+from byok.common import proc
+from byok.common.pattern import pattern
 from byok.harness.registry import experiment
-from byok.pattern import pattern
+from byok.keys import resolver as keys
+from byok.lifecycle import rotation
+from byok.luks import cryptsetup as luks
+from byok.luks import recovery
 
 
 @experiment(
@@ -107,8 +111,8 @@ def _interrupted_reencryptions(ctx, svc) -> None:
 
 def _cryptsetup_resume_alone(ctx, path, pw, raw) -> str:
     """What ``cryptsetup reencrypt --resume-only`` alone makes of a copy of the killed volume."""
-    from byok import sparse
-    from byok.errors import ByokError
+    from byok.common import sparse
+    from byok.common.errors import ByokError
 
     copy = ctx.scratch / "e10-copy.img"
     copy.unlink(missing_ok=True)

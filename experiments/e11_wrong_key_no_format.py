@@ -2,12 +2,12 @@
 
 import hashlib
 
-from byok import luks
-from byok.attach import attach_step, detach_step, read_step, write_step
-from byok.barbican_api import BarbicanAPI
-from byok.errors import HeaderCorrupt, KeyNotFound, NotLuks, WrongKey
+from byok.attach.hook import attach_step, detach_step, read_step, write_step
+from byok.common.errors import HeaderCorrupt, KeyNotFound, NotLuks, WrongKey
+from byok.common.pattern import pattern_sha256
 from byok.harness.registry import experiment
-from byok.pattern import pattern_sha256
+from byok.keys.barbican import BarbicanAPI
+from byok.luks import cryptsetup as luks
 
 
 def _sha(path) -> str:

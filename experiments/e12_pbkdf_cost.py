@@ -2,11 +2,11 @@
 
 import time
 
-from byok import luks
 from byok.bench.kdf import parallel_unlocks
+from byok.common.sensitive import Sensitive
 from byok.guest import Disk, Guest
 from byok.harness.registry import experiment
-from byok.sensitive import Sensitive
+from byok.luks import cryptsetup as luks
 
 SLICE = 4 << 20
 POLICIES = ("machine-key", "passphrase", "osbrick-default")

@@ -4,12 +4,15 @@ import os
 import re
 import time
 
-from byok import keys, luks, proc, recovery, sparse
-from byok.barbican_api import BarbicanAPI
-from byok.errors import ByokError, KeyNotFound, WrongKey
+from byok.common import proc, sparse
+from byok.common.errors import ByokError, KeyNotFound, WrongKey
+from byok.common.pattern import pattern
+from byok.common.sensitive import Sensitive
 from byok.harness.registry import experiment
-from byok.pattern import pattern
-from byok.sensitive import Sensitive
+from byok.keys import resolver as keys
+from byok.keys.barbican import BarbicanAPI
+from byok.luks import cryptsetup as luks
+from byok.luks import recovery
 
 
 def _openssl_mb_s(sector: int) -> float | None:

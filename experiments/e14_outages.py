@@ -4,11 +4,11 @@ import hashlib
 import os
 import signal
 
-from byok.attach import AttachHook
-from byok.errors import KeyServiceUnavailable
+from byok.attach.hook import AttachHook
+from byok.common.errors import KeyServiceUnavailable
 from byok.harness.faults import FaultInjectingProxy
 from byok.harness.registry import experiment
-from byok.identity import Identity
+from byok.keys.identity import Identity
 
 
 def _sha(path) -> str:
@@ -38,7 +38,7 @@ def run(ctx):
     enc["key_ref"] = ref.secret_id  # a bare UUID: resolved against whichever endpoint we use
 
     def hook_via(endpoint, identity=None):
-        from byok import keys
+        from byok.keys import resolver as keys
 
         r = keys.Resolver(identity or ctx.user("alice"), endpoint=endpoint, deadline=deadline)
         return AttachHook(resolve=lambda key_ref, _vid: r.resolve(key_ref)), r

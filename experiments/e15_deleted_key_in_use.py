@@ -1,10 +1,11 @@
 """E15 — a user deletes a key still in use: what each later operation does (H10)."""
 
-from byok import recovery, rotation
-from byok.barbican_api import BarbicanAPI, SecretConflict
-from byok.errors import KeyNotFound
+from byok.common.errors import KeyNotFound
+from byok.common.pattern import pattern
 from byok.harness.registry import experiment
-from byok.pattern import pattern
+from byok.keys.barbican import BarbicanAPI, SecretConflict
+from byok.lifecycle import rotation
+from byok.luks import recovery
 
 
 @experiment(

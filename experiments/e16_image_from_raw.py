@@ -3,10 +3,11 @@
 import hashlib
 import time
 
-from byok import interop, keys, recovery
-from byok.attach import attach_step, detach_step, read_step
+from byok.attach.hook import attach_step, detach_step, read_step
+from byok.common.pattern import pattern
 from byok.harness.registry import experiment
-from byok.pattern import pattern
+from byok.keys import resolver as keys
+from byok.luks import interop, recovery
 
 
 @experiment(

@@ -153,7 +153,7 @@ def _small_files(basetemp, limit: int = 2 << 20):
     stack files, CLI outputs) small enough to hold text; volume images are ciphertext."""
     from pathlib import Path
 
-    from byok import paths
+    from byok.common import paths
 
     roots = [Path(basetemp), Path(paths.base_dir())]
     for root in roots:
@@ -177,7 +177,7 @@ def secret_hygiene(tmp_path_factory):
     yield HYGIENE
     from pathlib import Path
 
-    from byok import paths
+    from byok.common import paths
 
     logs = [p for p in Path(paths.stack_dir()).rglob("*.log*") if p.is_file()]
     hits = HYGIENE.finish(logs, _small_files(tmp_path_factory.getbasetemp()))
@@ -217,7 +217,7 @@ def stack() -> Iterator:
 @pytest.fixture(scope="session")
 def identities(stack):
     """Sessions for the seeded users, created once (keystoneauth re-auths on expiry)."""
-    from byok.identity import Identity
+    from byok.keys.identity import Identity
 
     cache: dict = {}
 
@@ -259,7 +259,7 @@ def processes_in(path) -> list[int]:
 @pytest.fixture(scope="session")
 def barbican(stack, identities):
     """``barbican(user)`` -> BarbicanAPI for that seeded user against the embedded Barbican."""
-    from byok.barbican_api import BarbicanAPI
+    from byok.keys.barbican import BarbicanAPI
 
     return lambda user: BarbicanAPI(identities(user), stack.cfg.barbican_url)
 
@@ -270,7 +270,7 @@ def make_key(barbican):
     ``user`` and returns ``(KeyRef, raw bytes)``."""
     import os
 
-    from byok.sensitive import Sensitive
+    from byok.common.sensitive import Sensitive
 
     def make(user: str = "alice", kind: str = "aes512", **kw):
         api = barbican(user)

@@ -21,12 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from byok import keys, luks, sparse
-from byok.attach import AttachHook, attach_step, connection_info_for, detach_step
+from byok.attach.hook import AttachHook, attach_step, connection_info_for, detach_step
 from byok.bench.stats import summary
+from byok.common import sparse
+from byok.common.sensitive import Sensitive
 from byok.guest import Disk, Guest, select
-from byok.identity import Identity
-from byok.sensitive import Sensitive
+from byok.keys import resolver as keys
+from byok.keys.identity import Identity
+from byok.luks import cryptsetup as luks
 
 STOCK_GUEST_MB = 1536  # os-brick's default argon2id takes up to 1 GiB per open
 
@@ -52,7 +54,7 @@ def boot_times(runs: int = 3) -> dict:
 def run(identity: Identity, *, n: int = 10, stock_n: int = 2) -> dict:
     from castellan import key_manager
 
-    from byok.keymanager import configure
+    from byok.key_manager.byok_key_manager import configure
 
     resolver = keys.Resolver(identity)
     ref = resolver.api.store(Sensitive(os.urandom(64)), secret_type="symmetric",

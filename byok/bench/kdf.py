@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from byok import proc
-from byok.sensitive import Sensitive
+from byok.common import proc
+from byok.common.sensitive import Sensitive
 
 
 def parallel_unlocks(path: Path, pw: Sensitive, n: int) -> dict:

@@ -23,8 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from byok import luks, proc, recovery, sparse, xts
-from byok.sensitive import Sensitive
+from byok.common import proc, sparse
+from byok.common.sensitive import Sensitive
+from byok.luks import cryptsetup as luks
+from byok.luks import recovery
+from byok.luks import sectors as xts
 
 TARGET_RATIO = 0.5
 
@@ -86,7 +89,7 @@ def run(*, size_mib: int = 512, sectors: tuple[int, ...] = (4096, 512), repeat: 
     out: dict = {"name": "recover", "unit": "MB/s", "backend": xts.backend_name(),
                  "size_mib": size_mib, "cores": cores, "by_sector": {}}
     ratios = []
-    from byok import paths
+    from byok.common import paths
 
     paths.base_dir().mkdir(parents=True, exist_ok=True)  # on disk, not tmpfs
     with tempfile.TemporaryDirectory(prefix="bench-", dir=paths.base_dir()) as d:

@@ -11,9 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from byok import luks, sparse
 from byok.bench.stats import summary
-from byok.sensitive import Sensitive
+from byok.common import sparse
+from byok.common.sensitive import Sensitive
+from byok.luks import cryptsetup as luks
 
 
 def _rekey_times(path: Path, n: int) -> list[float]:
@@ -31,7 +32,7 @@ def _rekey_times(path: Path, n: int) -> list[float]:
 
 
 def run(*, n: int = 5, reencrypt_gib: int = 1) -> dict:
-    from byok import paths
+    from byok.common import paths
 
     paths.base_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-", dir=paths.base_dir()) as d:

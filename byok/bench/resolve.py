@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 from byok.bench.stats import interleaved, summary
-from byok.identity import Identity
-from byok.keys import Resolver
-from byok.sensitive import Sensitive
+from byok.common.sensitive import Sensitive
+from byok.keys.identity import Identity
+from byok.keys.resolver import Resolver
 
 TARGET_RATIO = 0.2
 
@@ -20,7 +20,7 @@ TARGET_RATIO = 0.2
 def run(identity: Identity, *, n: int = 30) -> dict:
     from castellan import key_manager
 
-    from byok.keymanager import configure
+    from byok.key_manager.byok_key_manager import configure
 
     resolver = Resolver(identity)
     ref = resolver.api.store(Sensitive(os.urandom(64)), secret_type="symmetric",

@@ -29,9 +29,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from byok import proc
-from byok.pattern import pattern_chunks
-from byok.sensitive import Sensitive
+from byok.common import proc
+from byok.common.pattern import pattern_chunks
+from byok.common.sensitive import Sensitive
 
 MAPPER = "/dev/mapper"
 
@@ -98,7 +98,7 @@ class PreResolvedKeyManager:
     """A castellan key manager that serves the one key the host already resolved.
 
     Not a fake of Barbican: the host resolved the key against the real Barbican through
-    :func:`byok.guard.resolve_volume_key` — the very function the castellan backend ``byok``
+    :func:`byok.keys.guard.resolve_volume_key` — the very function the castellan backend ``byok``
     runs in ``get`` for a volume — and the guest has no network, so the resolved castellan object
     is handed over and this class returns it when os-brick calls ``get``. That os-brick's own
     encryptor code, given backend ``byok`` itself, derives the same passphrase is tested on the

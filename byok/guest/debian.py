@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from byok import proc
-from byok.errors import ByokError, GuestError, ToolMissing
+from byok.common import proc
+from byok.common.errors import ByokError, GuestError, ToolMissing
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 MIRROR = "http://deb.debian.org/debian"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 
-from byok import proc
-from byok.errors import ByokError
+from byok.common import proc
+from byok.common.errors import ByokError
 from byok.guest import diagnose, select
 
 

@@ -14,8 +14,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from byok import proc
-from byok.errors import GuestError
+from byok.common import proc
+from byok.common.errors import GuestError
 from byok.guest.backend import Backend, Launch, env_path
 from byok.guest.job import Disk
 

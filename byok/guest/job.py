@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from byok.sensitive import Sensitive
+from byok.common.sensitive import Sensitive
 
 RESULT_SIZE = 8 << 20
 

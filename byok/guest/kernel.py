@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from byok import paths, proc
-from byok.errors import GuestError
+from byok.common import paths, proc
+from byok.common.errors import GuestError
 from byok.guest import debian, modules
 from byok.guest.backend import Progress
 

@@ -16,7 +16,7 @@ import lzma
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from byok.errors import GuestError
+from byok.common.errors import GuestError
 
 # Loaded first, in this order, when the kernel has them as modules (soft dependencies).
 CRYPTO = ("ecb", "cbc", "hmac", "sha256_generic", "sha512_generic", "sha512", "gf128mul",

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from byok.errors import GuestError
+from byok.common.errors import GuestError
+from byok.common.sensitive import Sensitive
 from byok.guest import select
 from byok.guest.job import Disk
 from byok.guest.runner import Guest
-from byok.sensitive import Sensitive
 
 QEMU_BACKENDS = ("qemu-kvm", "qemu-tcg")
 

@@ -20,8 +20,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from byok import proc
-from byok.errors import GuestError
+from byok.common import proc
+from byok.common.errors import GuestError
 from byok.guest import kernel
 from byok.guest.backend import Backend, Launch, Progress, env_path
 from byok.guest.job import Disk, secret_blob

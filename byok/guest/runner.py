@@ -4,7 +4,7 @@ The runner owns what is the same for every backend: the job document, the memfd 
 console protocol (``BYOK-STEP`` progress, ``BYOK-WAIT`` pauses answered on stdin), a boot
 watchdog (a guest that has not printed ``BYOK-BOOTED`` in time is killed and diagnosed), an
 overall timeout, killing the whole process group afterwards, and turning a failure into a
-:class:`~byok.errors.GuestError` that names the backend and the cause.
+:class:`~byok.common.errors.GuestError` that names the backend and the cause.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from byok import proc
-from byok.errors import GuestError, WrongKey
+from byok.common import proc
+from byok.common.errors import GuestError, WrongKey
+from byok.common.sensitive import Sensitive
 from byok.guest import diagnose
 from byok.guest.backend import Backend, Launch
 from byok.guest.job import RESULT_SIZE, Disk, GuestRun, channel, fill_channel, read_channel
-from byok.sensitive import Sensitive
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 SUPERVISOR = Path(__file__).with_name("supervise.py")

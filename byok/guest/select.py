@@ -20,16 +20,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from byok import paths, proc
-from byok.errors import ByokError, GuestError, UsageError
+from byok.common import paths, proc
+from byok.common.errors import ByokError, GuestError, UsageError
+from byok.common.pattern import pattern, pattern_sha256
+from byok.common.sensitive import Sensitive
 from byok.guest import diagnose
 from byok.guest.backend import Backend
 from byok.guest.host import HostBackend
 from byok.guest.job import Disk
 from byok.guest.qemu import QemuKvmBackend, QemuTcgBackend
 from byok.guest.uml import UmlBackend, UmlNewerBackend
-from byok.pattern import pattern, pattern_sha256
-from byok.sensitive import Sensitive
 
 ORDER = ("host", "qemu-kvm", "uml", "uml-newer", "qemu-tcg")
 BACKENDS: dict[str, type[Backend]] = {

@@ -43,7 +43,7 @@ def main(args: list[str]) -> int:
         os.setpgid(0, 0)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # if the supervisor itself is SIGKILLed
         try:
-            os.execvp(argv[0], argv)  # noqa: S606 - the one exec outside byok.proc: the guest
+            os.execvp(argv[0], argv)  # noqa: S606 - the one exec outside byok.common.proc: the guest
         finally:
             os._exit(127)
     try:

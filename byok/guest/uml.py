@@ -22,8 +22,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from byok import paths, proc
-from byok.errors import ByokError, GuestError
+from byok.common import paths, proc
+from byok.common.errors import ByokError, GuestError
 from byok.guest import debian, modules
 from byok.guest.backend import Backend, Launch, Progress, env_path
 from byok.guest.job import Disk

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from byok.errors import ByokError
+from byok.common.errors import ByokError
+from byok.common.sensitive import Sensitive
 from byok.harness.registry import Experiment
 from byok.harness.results import Check, ExperimentResult, Measurement
-from byok.identity import Identity
-from byok.keyref import KeyRef
-from byok.sensitive import Sensitive
+from byok.keys.identity import Identity
+from byok.keys.ref import KeyRef
 
 
 class SkipExperiment(Exception):
@@ -142,7 +142,7 @@ class Context:
     def user_key(self, user: str = "alice", kind: str = "aes512", *, keep: bool = False,
                  **overrides: Any) -> tuple[KeyRef, bytes]:
         """A new secret stored in Barbican *as the user* (removed after the experiment)."""
-        from byok.barbican_api import BarbicanAPI
+        from byok.keys.barbican import BarbicanAPI
 
         api = BarbicanAPI(self.user(user), self.env.barbican_url)
         if kind == "passphrase":
@@ -160,7 +160,7 @@ class Context:
         return ref, raw
 
     def volumes(self, user: str = "alice", *, with_service: bool = True, **kw: Any):
-        from byok.volumes import Pool, VolumeService
+        from byok.lifecycle.volumes import Pool, VolumeService
 
         pool = Pool(self.scratch / "pool")
         svc = VolumeService(pool, self.user(user),
@@ -175,12 +175,12 @@ class Context:
         return svc
 
     def hook(self, user: str = "alice", **kw: Any):
-        from byok.attach import AttachHook
+        from byok.attach.hook import AttachHook
 
         return AttachHook(self.user(user), endpoint=self.env.barbican_url, **kw)
 
     def blank_file(self, name: str, size: int) -> Path:
-        from byok import sparse
+        from byok.common import sparse
 
         p = self.scratch / name
         p.unlink(missing_ok=True)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from byok import paths
-from byok.errors import ExperimentError
+from byok.common import paths
+from byok.common.errors import ExperimentError
 
 NEEDS = ("stack", "stack-control", "dm-crypt", "qemu")
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from byok import paths
+from byok.common import paths
 
 SCHEMA_VERSION = 1
 VERDICTS = ("supported", "refuted", "error")
@@ -118,7 +118,7 @@ def host_facts() -> dict:
     """Versions and machine facts recorded with every result (computed once per process)."""
     global _HOST
     if _HOST is None:
-        from byok import proc
+        from byok.common import proc
 
         def tool_version(argv: list[str]) -> str | None:
             try:

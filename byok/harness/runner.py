@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from byok import paths
+from byok.common import paths
 from byok.harness import results
 from byok.harness.context import Context, Environment, SkipExperiment
 from byok.harness.registry import Experiment
@@ -54,8 +54,8 @@ def new_run_id() -> str:
 
 def missing_needs(exp: Experiment, env: Environment) -> str | None:
     """Why ``exp`` cannot run in ``env`` (None if it can)."""
-    from byok import proc
-    from byok.errors import ByokError, ToolMissing
+    from byok.common import proc
+    from byok.common.errors import ByokError, ToolMissing
     from byok.guest import check_available
 
     if "stack-control" in exp.needs and env.stack is None:
@@ -74,7 +74,7 @@ def missing_needs(exp: Experiment, env: Environment) -> str | None:
 
 
 def _dm_crypt(exp: Experiment) -> str:
-    from byok.errors import ByokError
+    from byok.common.errors import ByokError
 
     if "dm-crypt" not in exp.needs:
         return results.DM_CRYPT_UNUSED

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from byok import paths
-from byok.errors import StackError
+from byok.common import paths
+from byok.common.errors import StackError
 
 DEFAULT_KEYSTONE_PORT = 15000
 DEFAULT_BARBICAN_PORT = 19311

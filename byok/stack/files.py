@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from byok import paths
+from byok.common import paths
 from byok.stack.config import StackConfig
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from byok import paths
-from byok.errors import StackError
+from byok.common import paths
+from byok.common.errors import StackError
 from byok.stack import files, seed
 from byok.stack.config import REGION, SEED_USERS, StackConfig, StackSecrets
 from byok.stack.server import Server, ServerSpec
@@ -148,7 +148,7 @@ class Stack:
 
     def identity(self, user: str):
         """A seeded user's Identity (from this stack's clouds.yaml)."""
-        from byok.identity import Identity
+        from byok.keys.identity import Identity
 
         return Identity.from_cloud(self.cloud_name(user), clouds_yaml=self.cfg.clouds_yaml)
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from byok import proc
+from byok.common import proc
 from byok.stack import files
 from byok.stack.config import ADMIN_PROJECT, ADMIN_USER, REGION, SEED_USERS, StackConfig
 
@@ -22,7 +22,7 @@ LOG = logging.getLogger(__name__)
 def _keystone_manage() -> str:
     exe = Path(sys.executable).parent / "keystone-manage"
     if not exe.exists():
-        from byok.errors import ToolMissing
+        from byok.common.errors import ToolMissing
 
         raise ToolMissing(
             "keystone-manage is not installed in this environment",

@@ -18,8 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from byok import paths, proc
-from byok.errors import PortInUse, StackError
+from byok.common import paths, proc
+from byok.common.errors import PortInUse, StackError
 
 
 @dataclass

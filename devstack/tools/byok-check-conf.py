@@ -20,7 +20,7 @@ def check(path: str, consumer: str) -> str:
     from castellan import key_manager
     from oslo_config import cfg
 
-    from byok.keymanager import ByokKeyManager
+    from byok.key_manager.byok_key_manager import ByokKeyManager
 
     conf = cfg.ConfigOpts()
     try:
@@ -31,7 +31,8 @@ def check(path: str, consumer: str) -> str:
     if not isinstance(km, ByokKeyManager):
         raise SystemExit(
             f"{path}: [key_manager] backend = {conf.key_manager.backend!r} loads "
-            f"{type(km).__module__}.{type(km).__name__}, not byok.keymanager.ByokKeyManager"
+            f"{type(km).__module__}.{type(km).__name__}, not "
+            "byok.key_manager.byok_key_manager.ByokKeyManager"
         )
     if conf.byok.consumer_service != consumer:
         raise SystemExit(

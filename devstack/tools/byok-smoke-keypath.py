@@ -26,11 +26,11 @@ def run(conf_path: str, cloud: str, clouds_yaml: str | None = None) -> list[tupl
     from os_brick import utils as osbrick_utils
     from oslo_config import cfg
 
-    from byok.barbican_api import BarbicanAPI
-    from byok.errors import KeyNotFound
-    from byok.identity import Identity
-    from byok.keymanager import ByokKeyManager, volume_scope
-    from byok.sensitive import Sensitive
+    from byok.common.errors import KeyNotFound
+    from byok.common.sensitive import Sensitive
+    from byok.key_manager.byok_key_manager import ByokKeyManager, volume_scope
+    from byok.keys.barbican import BarbicanAPI
+    from byok.keys.identity import Identity
 
     conf = cfg.ConfigOpts()
     conf(["--config-file", conf_path], project="byok-smoke", default_config_files=[])

@@ -9,10 +9,10 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from byok import proc
+from byok.common import proc
+from byok.common.pattern import pattern_sha256
+from byok.common.sensitive import Sensitive
 from byok.guest import Disk, Guest, select
-from byok.pattern import pattern_sha256
-from byok.sensitive import Sensitive
 
 
 def main() -> None:

@@ -11,8 +11,7 @@ import os
 import psutil
 import pytest
 
-from byok import interop, keys, luks
-from byok.attach import (
+from byok.attach.hook import (
     AttachHook,
     attach_step,
     connection_info_for,
@@ -21,8 +20,11 @@ from byok.attach import (
     read_step,
     write_step,
 )
-from byok.errors import HeaderCorrupt, NotLuks, WrongKey
-from byok.pattern import pattern_sha256
+from byok.common.errors import HeaderCorrupt, NotLuks, WrongKey
+from byok.common.pattern import pattern_sha256
+from byok.keys import resolver as keys
+from byok.luks import cryptsetup as luks
+from byok.luks import interop
 
 pytestmark = [pytest.mark.stack, pytest.mark.guest]
 SIZE = 4 << 20

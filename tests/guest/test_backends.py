@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from byok import keys
-from byok.attach import (
+from byok.attach.hook import (
     AttachHook,
     attach_step,
     connection_info_for,
@@ -23,10 +22,11 @@ from byok.attach import (
     read_step,
     write_step,
 )
-from byok.errors import WrongKey
+from byok.common.errors import WrongKey
+from byok.common.pattern import pattern, pattern_sha256
+from byok.common.sensitive import Sensitive
 from byok.guest import Guest, native, select
-from byok.pattern import pattern, pattern_sha256
-from byok.sensitive import Sensitive
+from byok.keys import resolver as keys
 
 pytestmark = [pytest.mark.stack, pytest.mark.guest]
 SIZE = 2 << 20

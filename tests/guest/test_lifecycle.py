@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from byok import rotation
-from byok.attach import (
+from byok.attach.hook import (
     AttachHook,
     attach_step,
     detach_step,
@@ -15,9 +14,10 @@ from byok.attach import (
     read_step,
     write_step,
 )
-from byok.pattern import pattern_sha256
-from byok.recovery import passphrase_from_key_bytes, recover
-from byok.volumes import Pool, VolumeService
+from byok.common.pattern import pattern_sha256
+from byok.lifecycle import rotation
+from byok.lifecycle.volumes import Pool, VolumeService
+from byok.luks.recovery import passphrase_from_key_bytes, recover
 
 pytestmark = [pytest.mark.stack, pytest.mark.guest]
 SIZE = 4 << 20

@@ -13,7 +13,7 @@ import unittest
 import pytest
 from castellan.tests.functional import config as functional_config
 
-from byok.keymanager import ByokKeyManager, configure
+from byok.key_manager.byok_key_manager import ByokKeyManager, configure
 
 CONF = functional_config.get_config()  # castellan's [identity] options, overridden below
 
@@ -29,13 +29,13 @@ _STACK: dict = {}
 def _point_suite_at_embedded_stack(stack, identities):
     """Run as user ``peer`` in its own project (test_list lists the project's secrets, first
     page only), starting from an empty project so leftovers of an aborted run do not count."""
-    from byok.barbican_api import BarbicanAPI
+    from byok.keys.barbican import BarbicanAPI
 
     peer_user = identities("peer")
     api = BarbicanAPI(peer_user, stack.cfg.barbican_url)
     while leftovers := api.list_secrets():
         for s in leftovers:
-            from byok.keyref import KeyRef
+            from byok.keys.ref import KeyRef
 
             api.delete(KeyRef(s["secret_ref"].rsplit("/", 1)[1]), force=True)
     _STACK["auth_url"] = stack.cfg.keystone_url

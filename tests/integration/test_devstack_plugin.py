@@ -28,7 +28,7 @@ from castellan import key_manager
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
-from byok.keymanager import ByokKeyManager
+from byok.key_manager.byok_key_manager import ByokKeyManager
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "devstack" / "plugin.sh"
@@ -517,7 +517,7 @@ def test_smoke_fails_the_stack_when_a_file_does_not_load_byok(devstack: FakeDevs
         check=False,
     )
     assert proc.returncode != 0
-    assert "BarbicanKeyManager, not byok.keymanager.ByokKeyManager" in proc.stderr
+    assert "BarbicanKeyManager, not byok.key_manager.byok_key_manager.ByokKeyManager" in proc.stderr
     assert f"{devstack.cinder_conf} does not load backend byok for cinder" in proc.stderr
 
 

@@ -11,10 +11,11 @@ import sys
 import pytest
 from castellan import key_manager
 
-from byok import guard, keys
-from byok.errors import ByokError
-from byok.keymanager import configure, volume_scope
-from byok.sensitive import Sensitive
+from byok.common.errors import ByokError
+from byok.common.sensitive import Sensitive
+from byok.key_manager.byok_key_manager import configure, volume_scope
+from byok.keys import guard
+from byok.keys import resolver as keys
 
 pytestmark = pytest.mark.stack
 

@@ -10,11 +10,12 @@ import pytest
 from castellan import key_manager
 from os_brick import utils as osbrick_utils
 
-from byok import guard, keys
-from byok.errors import KeyAccessDenied, KeyNotFound, KeyRefInvalid, KeyTypeMismatch
-from byok.keymanager import ByokKeyManager, configure, volume_scope
-from byok.keyref import KeyRef
-from byok.sensitive import Sensitive
+from byok.common.errors import KeyAccessDenied, KeyNotFound, KeyRefInvalid, KeyTypeMismatch
+from byok.common.sensitive import Sensitive
+from byok.key_manager.byok_key_manager import ByokKeyManager, configure, volume_scope
+from byok.keys import guard
+from byok.keys import resolver as keys
+from byok.keys.ref import KeyRef
 
 pytestmark = pytest.mark.stack
 
@@ -215,7 +216,7 @@ def test_cli_exit_codes(make_key, ref, user, code):
 
 def test_a_user_token_alone_is_an_identity(identities, make_key, stack):
     """What Nova/Cinder receive from a user is a token, not a password."""
-    from byok.identity import Identity
+    from byok.keys.identity import Identity
 
     ref, raw = make_key("alice")
     alice = identities("alice")
@@ -246,8 +247,8 @@ def test_os_brick_with_backend_byok_gets_the_passphrase_that_opens_the_volume(
     """os-brick's encryptor asks the key manager it was given (here the `byok` backend, loaded
     by name) for the key of one volume; the passphrase it derives opens a LUKS volume made with
     the hook's passphrase — real cryptsetup, no dm needed for the key check."""
-    from byok import luks
-    from byok.sensitive import Sensitive
+    from byok.common.sensitive import Sensitive
+    from byok.luks import cryptsetup as luks
 
     ref, _ = make_key("alice")
     vol = tmp_path / "v.img"

@@ -8,9 +8,10 @@ import os
 
 import pytest
 
-from byok import luks, luksheader
-from byok.errors import HeaderCorrupt, NotLuks, VolumeError, WrongKey
-from byok.sensitive import Sensitive
+from byok.common.errors import HeaderCorrupt, NotLuks, VolumeError, WrongKey
+from byok.common.sensitive import Sensitive
+from byok.luks import cryptsetup as luks
+from byok.luks import header as luksheader
 
 
 def key() -> Sensitive:

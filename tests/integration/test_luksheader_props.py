@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from byok import luks, luksheader
-from byok.errors import HeaderCorrupt, NotLuks
-from byok.sensitive import Sensitive
+from byok.common.errors import HeaderCorrupt, NotLuks
+from byok.common.sensitive import Sensitive
+from byok.luks import cryptsetup as luks
+from byok.luks import header as luksheader
 from tests.reliability.conftest import count as fuzz_count
 
 SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from byok import keys
-from byok.errors import KeyServiceUnavailable
+from byok.common.errors import KeyServiceUnavailable
 from byok.harness.faults import FaultInjectingProxy
-from byok.identity import Identity
+from byok.keys import resolver as keys
+from byok.keys.identity import Identity
 
 pytestmark = pytest.mark.stack
 DEADLINE = 2.0
@@ -96,7 +96,7 @@ def test_killed_keystone_names_its_endpoint(stack, identities, make_key):
 def test_paused_keystone_is_bounded_and_typed_then_recovers(stack, make_key):
     """SIGSTOP: Keystone accepts the connection and never answers. Every Keystone request of an
     identity is bounded (KEYSTONE_TIMEOUT), so the resolve ends in a typed error, not a hang."""
-    from byok.identity import KEYSTONE_TIMEOUT
+    from byok.keys.identity import KEYSTONE_TIMEOUT
 
     ref, raw = make_key("alice")
     fresh = Identity.from_cloud(stack.cloud_name("alice"), clouds_yaml=stack.cfg.clouds_yaml)

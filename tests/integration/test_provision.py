@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from byok import proc
+from byok.common import proc
 from tests.conftest import free_port, processes_in
 
 ROOT = Path(__file__).resolve().parents[2]

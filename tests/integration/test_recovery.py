@@ -10,10 +10,12 @@ import sys
 
 import pytest
 
-from byok import interop, luks, proc, recovery
-from byok.errors import WrongKey
-from byok.pattern import pattern
-from byok.sensitive import Sensitive
+from byok.common import proc
+from byok.common.errors import WrongKey
+from byok.common.pattern import pattern
+from byok.common.sensitive import Sensitive
+from byok.luks import cryptsetup as luks
+from byok.luks import interop, recovery
 
 DATA = 6 << 20
 
@@ -26,7 +28,7 @@ def raw(tmp_path):
 
 
 def luks2_image(raw, out, pw: Sensitive, *extra: str) -> None:
-    from byok import sparse
+    from byok.common import sparse
 
     sparse.copy_sparse(raw, out)
     os.truncate(out, raw.stat().st_size + (32 << 20))

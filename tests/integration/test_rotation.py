@@ -14,10 +14,13 @@ import threading
 
 import pytest
 
-from byok import keys, luks, recovery, rotation
-from byok.errors import VolumeBusy, VolumeError, WrongKey
-from byok.pattern import pattern
-from byok.volumes import Pool, VolumeService
+from byok.common.errors import VolumeBusy, VolumeError, WrongKey
+from byok.common.pattern import pattern
+from byok.keys import resolver as keys
+from byok.lifecycle import rotation
+from byok.lifecycle.volumes import Pool, VolumeService
+from byok.luks import cryptsetup as luks
+from byok.luks import recovery
 
 pytestmark = pytest.mark.stack
 SIZE = 48 << 20
@@ -201,7 +204,7 @@ def test_header_restore_never_brings_back_a_pre_rotation_header(svc, make_key):
 def test_a_killed_operation_keeps_the_volume_locked_while_its_cryptsetup_runs(svc, make_key):
     """The lock descriptor is inherited by byok's children: if byok dies with -9, an orphaned
     child still holds the volume's lock until it exits, so no resume can race it."""
-    from byok import proc
+    from byok.common import proc
 
     vol = svc.create(SIZE, make_key("alice")[0].href)
     pid = os.fork()

@@ -15,8 +15,8 @@ import pytest
 from castellan.common import exception as cexc
 from castellan.common.objects import symmetric_key
 
-from byok import proc
-from byok.errors import PortInUse, StackError
+from byok.common import proc
+from byok.common.errors import PortInUse, StackError
 from byok.stack.manager import Stack
 from byok.stack.server import Server, ServerSpec
 from tests.conftest import free_port, processes_in
@@ -200,14 +200,14 @@ def test_interrupted_bootstrap_is_finished_by_the_next_up(tmp_path):
 
 
 def _alice(st):
-    from byok.identity import Identity
+    from byok.keys.identity import Identity
 
     return Identity.from_cloud(st.cloud_name("alice"), clouds_yaml=st.cfg.clouds_yaml)
 
 
 def _store_as_alice(st):
-    from byok.barbican_api import BarbicanAPI
-    from byok.sensitive import Sensitive
+    from byok.common.sensitive import Sensitive
+    from byok.keys.barbican import BarbicanAPI
 
     raw = os.urandom(64)
     from tests.conftest import HYGIENE
@@ -219,8 +219,8 @@ def _store_as_alice(st):
 
 
 def _alice_reads(st, ref) -> bool:
-    from byok.barbican_api import BarbicanAPI
-    from byok.errors import KeyNotFound
+    from byok.common.errors import KeyNotFound
+    from byok.keys.barbican import BarbicanAPI
 
     try:
         BarbicanAPI(_alice(st), st.cfg.barbican_url).secret(ref)

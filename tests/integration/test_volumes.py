@@ -8,10 +8,13 @@ import threading
 
 import pytest
 
-from byok import guard, keys, luks, recovery
-from byok.errors import KeyAccessDenied, VolumeBusy, WrongKey
-from byok.pattern import pattern
-from byok.volumes import Pool, VolumeService
+from byok.common.errors import KeyAccessDenied, VolumeBusy, WrongKey
+from byok.common.pattern import pattern
+from byok.keys import guard
+from byok.keys import resolver as keys
+from byok.lifecycle.volumes import Pool, VolumeService
+from byok.luks import cryptsetup as luks
+from byok.luks import recovery
 
 pytestmark = pytest.mark.stack
 SIZE = 48 << 20
@@ -160,9 +163,9 @@ def test_header_backup_brings_back_a_zeroed_header(svc, make_key):
 
 def test_user_deletes_a_key_still_in_use(svc, make_key, barbican, tmp_path):
     """What every later operation does (design/notes/lifecycle.md has the table)."""
-    from byok import rotation
-    from byok.barbican_api import SecretConflict
-    from byok.errors import KeyNotFound
+    from byok.common.errors import KeyNotFound
+    from byok.keys.barbican import SecretConflict
+    from byok.lifecycle import rotation
 
     ref, raw = make_key("alice")
     new, _ = make_key("alice")

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from byok import luksheader, recovery, xts
-from byok.sensitive import Sensitive
+from byok.common.sensitive import Sensitive
+from byok.luks import header as luksheader
+from byok.luks import recovery
+from byok.luks import sectors as xts
 
 COUNTS: dict[str, int] = {}
 

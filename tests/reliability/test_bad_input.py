@@ -8,11 +8,13 @@ import os
 
 import pytest
 
-from byok import keys, luks, luksheader
-from byok.attach import AttachHook, connection_info_for
-from byok.errors import ByokError, KeyTypeMismatch
-from byok.keyref import KeyRef
-from byok.sensitive import Sensitive
+from byok.attach.hook import AttachHook, connection_info_for
+from byok.common.errors import ByokError, KeyTypeMismatch
+from byok.common.sensitive import Sensitive
+from byok.keys import resolver as keys
+from byok.keys.ref import KeyRef
+from byok.luks import cryptsetup as luks
+from byok.luks import header as luksheader
 from tests.reliability.conftest import count, file_sha
 
 pytestmark = pytest.mark.stack

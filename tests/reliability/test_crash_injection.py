@@ -15,10 +15,12 @@ import time
 import psutil
 import pytest
 
-from byok import keys, luks, rotation
-from byok.errors import ByokError, WrongKey
-from byok.pattern import pattern
-from byok.volumes import Pool, VolumeService
+from byok.common.errors import ByokError, WrongKey
+from byok.common.pattern import pattern
+from byok.keys import resolver as keys
+from byok.lifecycle import rotation
+from byok.lifecycle.volumes import Pool, VolumeService
+from byok.luks import cryptsetup as luks
 from tests.reliability.conftest import count, file_sha, plaintext_sha
 
 pytestmark = pytest.mark.stack
@@ -271,7 +273,7 @@ def test_cryptsetups_own_reencryption_killed_at_random_is_always_finished_intact
     keyslot already wiped, resume and repair refuse; with it still present, resume reports
     success and re-processes the finished data, destroying it (seen 2 times in 100 such kills
     before byok stopped resuming that state). byok rebuilds the header instead."""
-    from byok import proc
+    from byok.common import proc
 
     svc, keys_, pw, template, want = world
     p_old = pw[keys_[0].href]

@@ -13,10 +13,11 @@ import pytest
 from castellan import key_manager
 from castellan.common import exception as cexc
 
-from byok import guard, keys
-from byok.attach import AttachHook, connection_info_for
-from byok.errors import KeyAccessDenied
-from byok.keymanager import configure, volume_scope
+from byok.attach.hook import AttachHook, connection_info_for
+from byok.common.errors import KeyAccessDenied
+from byok.key_manager.byok_key_manager import configure, volume_scope
+from byok.keys import guard
+from byok.keys import resolver as keys
 from tests.reliability.conftest import count
 
 pytestmark = pytest.mark.stack

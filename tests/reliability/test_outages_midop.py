@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from byok import rotation
-from byok.errors import KeyServiceUnavailable
+from byok.common.errors import KeyServiceUnavailable
 from byok.harness.faults import FaultInjectingProxy
-from byok.volumes import Pool, VolumeService
+from byok.lifecycle import rotation
+from byok.lifecycle.volumes import Pool, VolumeService
 from tests.reliability.conftest import count, file_sha
 
 pytestmark = pytest.mark.stack
@@ -46,8 +46,9 @@ def test_a_fault_after_k_requests_at_every_point_of_a_rotation(tmp_path, identit
     """Let K requests through, then fail everything: for every K the rotation either finishes
     or stops with KeyServiceUnavailable; the volume opens with the old or the new key, and once
     Barbican answers again the next run completes or rolls back."""
-    from byok import keys, luks
-    from byok.errors import WrongKey
+    from byok.common.errors import WrongKey
+    from byok.keys import resolver as keys
+    from byok.luks import cryptsetup as luks
 
     old, _ = make_key("alice")
     new, _ = make_key("alice")

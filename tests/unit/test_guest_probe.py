@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from byok.errors import GuestError, UsageError
+from byok.common.errors import GuestError, UsageError
 from byok.guest import debian, kernel, modules, select
 from byok.guest.diagnose import HostFacts, classify
 from byok.guest.job import channel, read_channel

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from byok import keyref
-from byok.errors import KeyRefInvalid
-from byok.keyref import KeyRef, parse
+from byok.common.errors import KeyRefInvalid
+from byok.keys import ref as keyref
+from byok.keys.ref import KeyRef, parse
 from tests.reliability.conftest import count as fuzz_count
 
 EP = "http://127.0.0.1:19311"

@@ -9,10 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from os_brick import utils as osbrick_utils
 
-from byok.errors import KeyTypeMismatch
-from byok.keyref import KeyRef
-from byok.keys import KeyMaterial, SecretInfo, passphrase, validate_metadata, validate_payload
-from byok.sensitive import Sensitive
+from byok.common.errors import KeyTypeMismatch
+from byok.common.sensitive import Sensitive
+from byok.keys.ref import KeyRef
+from byok.keys.resolver import (
+    KeyMaterial,
+    SecretInfo,
+    passphrase,
+    validate_metadata,
+    validate_payload,
+)
 from tests.reliability.conftest import count as fuzz_count
 
 REF = KeyRef("0f6b2b8e-5c1a-4c8e-9d3e-2a1b3c4d5e6f", "http://127.0.0.1:19311")

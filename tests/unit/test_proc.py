@@ -8,9 +8,9 @@ import time
 import psutil
 import pytest
 
-from byok import proc
-from byok.errors import CommandFailed, CommandTimeout, ToolMissing
-from byok.sensitive import Sensitive
+from byok.common import proc
+from byok.common.errors import CommandFailed, CommandTimeout, ToolMissing
+from byok.common.sensitive import Sensitive
 
 
 def test_secrets_are_refused_in_argv():

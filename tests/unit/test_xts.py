@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from byok import xts
+from byok.luks import sectors as xts
 from tests.reliability.conftest import count as fuzz_count
 
 

@@ -47,7 +47,7 @@ from castellan.common import exception as cexc
 from castellan.key_manager import barbican_key_manager
 from oslo_config import cfg
 
-from byok.sensitive import quiet_http_logs
+from byok.common.sensitive import quiet_http_logs
 
 LOG = logging.getLogger(__name__)
 
@@ -220,17 +220,18 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
 
     def _identity(self, context: Any) -> Any:
         """byok's identity for a castellan credential, reused like the clients above."""
-        from byok.identity import Identity
+        from byok.keys.identity import Identity
 
         return self._per_credential(self._identities, context, lambda: Identity.from_castellan(
             context, auth_url=self.conf.barbican.auth_endpoint))
 
     def get_for_volume(self, context: Any, managed_object_id: str, volume_id: str) -> Any:
-        """The key of ``volume_id`` through byok's key path (:func:`byok.guard.resolve_volume_key`):
-        validated as a volume key; a user's context binds the volume as a consumer, a service's
-        context needs the owner's ACL and that consumer. castellan's exceptions, typed reason."""
-        from byok import guard
-        from byok.errors import ByokError, KeyNotFound
+        """The key of ``volume_id`` through byok's key path
+        (:func:`byok.keys.guard.resolve_volume_key`): validated as a volume key; a user's context
+        binds the volume as a consumer, a service's context needs the owner's ACL and that
+        consumer. castellan's exceptions, typed reason."""
+        from byok.common.errors import ByokError, KeyNotFound
+        from byok.keys import guard
 
         try:
             km = guard.resolve_volume_key(

@@ -4,11 +4,11 @@ Rules enforced here, so no caller can forget them:
 
 * secrets never go into argv: they travel on stdin (``input=Sensitive``) or through an in-memory
   file handed to the child as an inherited descriptor (:func:`secret_fd`, a memfd, never on disk);
-  passing a :class:`~byok.sensitive.Sensitive` inside argv is a ``TypeError``;
+  passing a :class:`~byok.common.sensitive.Sensitive` inside argv is a ``TypeError``;
 * every call has a timeout; on expiry the whole process group is killed, nothing is left behind;
 * the debug log shows the command line (which holds no secrets) and the exit status; captured
   output quoted in errors is scrubbed of every secret the call was given;
-* a missing program raises :class:`~byok.errors.ToolMissing` naming the Debian package;
+* a missing program raises :class:`~byok.common.errors.ToolMissing` naming the Debian package;
 * exit statuses map to typed errors through ``errors=`` so callers speak in ``WrongKey``,
   ``NotLuks``... rather than numbers.
 """
@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from byok.errors import ByokError, CommandFailed, CommandTimeout, ToolMissing
-from byok.sensitive import Sensitive
+from byok.common.errors import ByokError, CommandFailed, CommandTimeout, ToolMissing
+from byok.common.sensitive import Sensitive
 
 LOG = logging.getLogger(__name__)
 

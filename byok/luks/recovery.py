@@ -1,10 +1,10 @@
 """Offline recovery: a LUKS volume, backup or image file → its plaintext, with only a key.
 
 No Keystone, no Barbican, no root, no device-mapper, no cryptsetup: the header is parsed by
-:mod:`byok.luksheader`, keyslots are opened here (PBKDF2 via hashlib, argon2i/argon2id via
+:mod:`byok.luks.header`, keyslots are opened here (PBKDF2 via hashlib, argon2i/argon2id via
 argon2-cffi, the keyslot area decrypted per 512-byte sector, LUKS's anti-forensic merge, the
 volume key checked against the header digest), and the data is decrypted sector by sector by
-:mod:`byok.xts`. The key material is whatever the user holds:
+:mod:`byok.luks.sectors`. The key material is whatever the user holds:
 
 * ``--key-file``: the raw key bytes exactly as stored in Barbican (a symmetric secret); the LUKS
   passphrase is derived as os-brick does (lower-case hex);
@@ -23,10 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from byok import luksheader, sparse, xts
-from byok.errors import RecoveryError, WrongKey
-from byok.luksheader import Keyslot, LuksHeader
-from byok.sensitive import Sensitive
+from byok.common import sparse
+from byok.common.errors import RecoveryError, WrongKey
+from byok.common.sensitive import Sensitive
+from byok.luks import header as luksheader
+from byok.luks import sectors as xts
+from byok.luks.header import Keyslot, LuksHeader
 
 CHUNK = 8 << 20
 Progress = Callable[[int, int], None]

@@ -13,9 +13,9 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from byok import proc
-from byok.errors import CommandFailed, WrongKey
-from byok.sensitive import Sensitive
+from byok.common import proc
+from byok.common.errors import CommandFailed, WrongKey
+from byok.common.sensitive import Sensitive
 
 
 def qemu_sha256(path: Path, passphrase: Sensitive, size: int) -> str:

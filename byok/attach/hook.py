@@ -3,7 +3,7 @@
 ``AttachHook(identity).attach(connection_info, encryption)``:
 
 1. resolves ``encryption["key_ref"]`` for this volume with the caller's identity through
-   :func:`byok.guard.resolve_volume_key` — the same function the castellan backend ``byok``
+   :func:`byok.keys.guard.resolve_volume_key` — the same function the castellan backend ``byok``
    uses for a volume: a user's token binds the volume as the key's consumer; a service user
    (Cinder, Nova acting without a user token) gets the key only with the owner's ACL *and* that
    consumer (the confused-deputy guard) — validated as a volume key;
@@ -31,13 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from byok import guard, keys, luks, luksheader
-from byok.errors import ByokError, GuestError, HeaderCorrupt, NotLuks, WrongKey
+from byok.common.errors import ByokError, GuestError, HeaderCorrupt, NotLuks, WrongKey
+from byok.common.sensitive import Sensitive
+from byok.common.sparse import is_blank
 from byok.guest import Disk, Guest, GuestRun
-from byok.identity import Identity
-from byok.keys import KeyMaterial
-from byok.sensitive import Sensitive
-from byok.sparse import is_blank
+from byok.keys import guard
+from byok.keys import resolver as keys
+from byok.keys.identity import Identity
+from byok.keys.resolver import KeyMaterial
+from byok.luks import cryptsetup as luks
+from byok.luks import header as luksheader
 
 
 @dataclass(frozen=True)

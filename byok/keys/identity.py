@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from byok.errors import IdentityError, KeyServiceUnavailable
+from byok.common.errors import IdentityError, KeyServiceUnavailable
 
 # Every Keystone request (token issue, discovery, catalog) made through an identity's session is
 # bounded: keystoneauth's default is to wait forever, so a paused Keystone would hang a resolve

@@ -5,7 +5,7 @@ A pool (``.byok/pool`` by default) holds records (``records/<id>.json``) and spa
 files, rotation journals and header backups. What differs from Cinder today:
 
 * **create** formats with the *user's* key (never a generated one) and records
-  ``key_owner = user``; the key is bound to the new resource through :func:`byok.guard.bind`
+  ``key_owner = user``; the key is bound to the new resource through :func:`byok.keys.guard.bind`
   (user's token; a Barbican consumer ``(cinder, <kind>, <id>)``). ``format=False`` creates a
   blank volume that the attach hook formats on first attach (Cinder's flow today).
 * **clone / snapshot / backup / upload** copy ciphertext (sparse) and *share* the user's key
@@ -37,9 +37,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from byok import guard, keys, luks, paths, proc, sparse
-from byok.barbican_api import DEFAULT_DEADLINE
-from byok.errors import (
+from byok.common import paths, proc, sparse
+from byok.common.errors import (
     ByokError,
     KeyNotFound,
     VolumeBusy,
@@ -47,10 +46,14 @@ from byok.errors import (
     VolumeNotFound,
     WrongKey,
 )
-from byok.identity import Identity
-from byok.keyref import KeyRef
-from byok.keys import KeyMaterial, Resolver
-from byok.sensitive import Sensitive
+from byok.common.sensitive import Sensitive
+from byok.keys import guard
+from byok.keys import resolver as keys
+from byok.keys.barbican import DEFAULT_DEADLINE
+from byok.keys.identity import Identity
+from byok.keys.ref import KeyRef
+from byok.keys.resolver import KeyMaterial, Resolver
+from byok.luks import cryptsetup as luks
 
 LOG = logging.getLogger(__name__)
 
@@ -371,8 +374,8 @@ class VolumeService:
 
     # -- attach ------------------------------------------------------------------------------
     def attach_args(self, rid: str, key_ref: str | None = None) -> tuple[dict, dict, bool]:
-        """(connection_info, encryption, new_volume) for :class:`byok.attach.AttachHook`."""
-        from byok.attach import connection_info_for
+        """(connection_info, encryption, new_volume) for :class:`byok.attach.hook.AttachHook`."""
+        from byok.attach.hook import connection_info_for
 
         rec = self.pool.load(rid)
         enc = {"key_ref": key_ref or rec.key_ref, "provider": luks.TYPE_TO_PROVIDER[rec.luks_type]}
@@ -391,7 +394,7 @@ class VolumeService:
     # -- keys --------------------------------------------------------------------------------
     def rekey(self, rid: str, new_key_ref: str, *, policy: str | None = None) -> VolumeRecord:
         """Move ``rid`` to another user key (keyslot change; the volume key stays)."""
-        from byok import rotation
+        from byok.lifecycle import rotation
 
         return rotation.rotate(self, rid, new_key_ref, policy=policy)
 

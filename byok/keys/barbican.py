@@ -23,16 +23,16 @@ from typing import Any
 
 import tenacity
 
-from byok.errors import (
+from byok.common.errors import (
     ByokError,
     IdentityError,
     KeyAccessDenied,
     KeyNotFound,
     KeyServiceUnavailable,
 )
-from byok.identity import Identity
-from byok.keyref import KeyRef
-from byok.sensitive import Sensitive, quiet_http_logs
+from byok.common.sensitive import Sensitive, quiet_http_logs
+from byok.keys.identity import Identity
+from byok.keys.ref import KeyRef
 
 LOG = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class BarbicanAPI:
                     f"or invisible to {self.identity.name})"
                 )
             if code == 406:
-                from byok.errors import KeyTypeMismatch
+                from byok.common.errors import KeyTypeMismatch
 
                 raise KeyTypeMismatch(f"Barbican cannot {what}{subject} as requested: {detail}")
             if code == 409 or (code == 400 and "consumers" in detail):

@@ -17,7 +17,7 @@ import hashlib
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from byok.errors import RecoveryError
+from byok.common.errors import RecoveryError
 
 
 def _native():

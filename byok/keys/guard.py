@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from byok.barbican_api import DEFAULT_DEADLINE
-from byok.errors import KeyAccessDenied, KeyNotFound
-from byok.identity import Identity
-from byok.keyref import KeyRef
-from byok.keys import KeyMaterial, Resolver, SecretInfo, content_type_for, validate_payload
+from byok.common.errors import KeyAccessDenied, KeyNotFound
+from byok.keys.barbican import DEFAULT_DEADLINE
+from byok.keys.identity import Identity
+from byok.keys.ref import KeyRef
+from byok.keys.resolver import KeyMaterial, Resolver, SecretInfo, content_type_for, validate_payload
 
 RESOURCE_TYPE = "volume"
 DEFAULT_SERVICE = "cinder"

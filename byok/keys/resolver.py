@@ -21,12 +21,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from byok import keyref
-from byok.barbican_api import DEFAULT_DEADLINE, BarbicanAPI
-from byok.errors import KeyRefInvalid, KeyTypeMismatch
-from byok.identity import Identity
-from byok.keyref import KeyRef
-from byok.sensitive import Sensitive
+from byok.common.errors import KeyRefInvalid, KeyTypeMismatch
+from byok.common.sensitive import Sensitive
+from byok.keys import ref as keyref
+from byok.keys.barbican import DEFAULT_DEADLINE, BarbicanAPI
+from byok.keys.identity import Identity
+from byok.keys.ref import KeyRef
 
 VOLUME_KEY_TYPES = ("symmetric", "passphrase")
 SYMMETRIC_BITS = (256, 512)

@@ -4,8 +4,9 @@ Offline recovery needs the header without cryptsetup (and without root or dm), a
 needs LUKS1 parsed (``cryptsetup luksDump --dump-json-metadata`` is LUKS2-only). Layouts follow
 the LUKS1 on-disk format spec (592-byte big-endian header, 8 keyslots) and the LUKS2 spec
 (4096-byte binary header + JSON area, SHA-256 header checksum, primary and secondary copies).
-Every malformed input raises :class:`~byok.errors.HeaderCorrupt` or :class:`~byok.errors.NotLuks`
-— a hypothesis property test feeds random and bit-flipped headers to hold it to that.
+Every malformed input raises :class:`~byok.common.errors.HeaderCorrupt` or
+:class:`~byok.common.errors.NotLuks` — a hypothesis property test feeds random and bit-flipped
+headers to hold it to that.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 
-from byok.errors import HeaderCorrupt, NotLuks
+from byok.common.errors import HeaderCorrupt, NotLuks
 
 MAGIC1 = b"LUKS\xba\xbe"
 MAGIC2_SECONDARY = b"SKUL\xba\xbe"

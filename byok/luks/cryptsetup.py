@@ -1,4 +1,4 @@
-"""LUKS operations over cryptsetup (through :mod:`byok.proc`).
+"""LUKS operations over cryptsetup (through :mod:`byok.common.proc`).
 
 Everything here works on plain files on a host without device-mapper: format, test a key, add,
 remove, change and kill keyslots, dump metadata, back up and restore headers. Opening a mapping
@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from byok import luksheader, proc
-from byok.errors import (
+from byok.common import proc
+from byok.common.errors import (
     ByokError,
     CommandFailed,
     DeviceMapperUnavailable,
@@ -33,7 +33,8 @@ from byok.errors import (
     VolumeError,
     WrongKey,
 )
-from byok.sensitive import Sensitive
+from byok.common.sensitive import Sensitive
+from byok.luks import header as luksheader
 
 CRYPTSETUP = "cryptsetup"
 DEFAULT_CIPHER = "aes-xts-plain64"
@@ -281,8 +282,8 @@ def rewrite_header(
     """Write a fresh LUKS2 header around a *known* volume key, leaving the data untouched.
 
     The one place byok writes a header over another: only for finishing a re-encryption whose
-    metadata cryptsetup itself can no longer finalise (see :mod:`byok.rotation`), after the
-    caller has verified ``volume_key`` against the old header's digest and backed that header
+    metadata cryptsetup itself can no longer finalise (see :mod:`byok.lifecycle.rotation`), after
+    the caller has verified ``volume_key`` against the old header's digest and backed that header
     up. Same UUID, cipher, sector size and data offset; one keyslot for ``passphrase``.
     """
     pol = get_policy(policy)
@@ -487,7 +488,7 @@ def encrypt_file(
     ``data offset + len(raw)`` so that the image's plaintext is exactly ``raw`` (cryptsetup
     leaves the unused tail of the reduction behind otherwise).
     """
-    from byok import sparse
+    from byok.common import sparse
 
     reduce = 32 << 20
     size = raw.stat().st_size

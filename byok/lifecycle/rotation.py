@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from byok import guard, luks, luksheader, paths, recovery
-from byok.errors import (
+from byok.common import paths
+from byok.common.errors import (
     ByokError,
     HeaderCorrupt,
     KeyAccessDenied,
@@ -40,7 +40,11 @@ from byok.errors import (
     RotationError,
     WrongKey,
 )
-from byok.sensitive import Sensitive
+from byok.common.sensitive import Sensitive
+from byok.keys import guard
+from byok.luks import cryptsetup as luks
+from byok.luks import header as luksheader
+from byok.luks import recovery
 
 PHASES = ("started", "backed-up", "added", "verified", "removed", "done")
 
