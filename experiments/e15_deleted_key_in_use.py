@@ -1,9 +1,9 @@
 """E15 — a user deletes a key still in use: what each later operation does (H10)."""
 
-from byok.common.errors import KeyNotFound
+from byok.common.errors import KeyNotFound, SecretConflict
 from byok.common.pattern import pattern
 from byok.harness.registry import experiment
-from byok.keys.barbican import BarbicanAPI, SecretConflict
+from byok.keys.barbican import BarbicanAPI
 from byok.lifecycle import rotation
 from byok.luks import recovery
 

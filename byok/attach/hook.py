@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from byok.common.errors import ByokError, GuestError, HeaderCorrupt, NotLuks, WrongKey
+from byok.common.errors import (
+    ByokError,
+    EncryptionSpecInvalid,
+    GuestError,
+    HeaderCorrupt,
+    NotLuks,
+    WrongKey,
+)
 from byok.common.sensitive import Sensitive
 from byok.common.sparse import is_blank
 from byok.guest import Disk, Guest, GuestRun
@@ -57,10 +64,12 @@ class Encryption:
     def from_dict(cls, d: dict[str, Any]) -> Encryption:
         ref = d.get("key_ref") or d.get("encryption_key_id")
         if not ref:
-            raise ByokError("encryption metadata has no key_ref (the user's key reference)")
+            raise EncryptionSpecInvalid("encryption metadata has no key_ref (the user's key "
+                                        "reference)")
         provider = d.get("provider", "luks2")
         if provider not in luks.PROVIDER_TO_TYPE:
-            raise ByokError(f"unsupported encryption provider {provider!r} (luks or luks2)")
+            raise EncryptionSpecInvalid(f"unsupported encryption provider {provider!r} (luks or "
+                                        "luks2)")
         return cls(
             key_ref=str(ref),
             provider=provider,
@@ -217,7 +226,7 @@ class AttachHook:
     ) -> None:
         if resolve is None:
             if identity is None:
-                raise ByokError("AttachHook needs an identity or a resolve function")
+                raise TypeError("AttachHook needs an identity or a resolve function")
             def resolve(ref: str, volume_id: str) -> KeyMaterial:
                 return guard.resolve_volume_key(ref, identity=identity, volume_id=volume_id,
                                                 endpoint=endpoint)

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from byok.common.errors import ByokError, CommandFailed, CommandTimeout, ToolMissing
 from byok.common.sensitive import Sensitive
 
@@ -278,66 +280,50 @@ def start(
 
 
 def terminate(pid: int, *, grace: float = 10.0) -> bool:
-    """SIGTERM ``pid``'s process group, wait ``grace`` s, then SIGKILL. True if it was alive."""
+    """SIGTERM ``pid``'s process group (``pid`` alone if it leads none), wait ``grace`` s, then
+    SIGKILL. True if it was alive."""
     try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
+        target = psutil.Process(pid)
+        group = os.getpgid(pid) == pid
+    except (psutil.NoSuchProcess, ProcessLookupError):
         return False
-    sig_target = pgid if pgid == pid else None
-    try:
-        if sig_target:
-            os.killpg(sig_target, signal.SIGTERM)
-        else:
-            os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        if sig_target:
-            os.killpg(sig_target, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        if not pid_alive(pid):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig) if group else os.kill(pid, sig)
+        try:
+            target.wait(timeout=wait)
             break
-        time.sleep(0.05)
+        except psutil.TimeoutExpired:
+            continue
     return True
 
 
 def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
+    """True if ``pid`` exists and is not a zombie (our own zombies are reaped on the way)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        p = psutil.Process(pid)
+        if p.status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.NoSuchProcess:
         return False
-    if state == b"Z":
-        # Reap our own zombie children so the pid is really gone.
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return False
 
 
-def pid_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), to detect pid reuse."""
+def pid_start_time(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch), to tell it from a later reuse."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[19])
-    except (FileNotFoundError, IndexError, ValueError):
+        return float(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
         return None
 
 
 def pid_cwd(pid: int) -> Path | None:
     """Working directory of ``pid`` (None if gone or not ours to read)."""
     try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
+        return Path(psutil.Process(pid).cwd())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 

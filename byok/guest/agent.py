@@ -30,14 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from byok.common import proc
+from byok.common.errors import FormatRefused
 from byok.common.pattern import pattern_chunks
 from byok.common.sensitive import Sensitive
 
 MAPPER = "/dev/mapper"
-
-
-class FormatRefused(Exception):
-    """byok's guard stopped os-brick from running luksFormat on a device."""
 
 
 def _read_job(dev: str) -> dict:

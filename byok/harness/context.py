@@ -12,16 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from byok.common.errors import ByokError
+from byok.common.errors import ByokError, SkipExperiment
 from byok.common.sensitive import Sensitive
 from byok.harness.registry import Experiment
 from byok.harness.results import Check, ExperimentResult, Measurement
 from byok.keys.identity import Identity
 from byok.keys.ref import KeyRef
-
-
-class SkipExperiment(Exception):
-    """Raised by ``ctx.skip(reason)``: the experiment cannot run here."""
 
 
 @dataclass

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from byok.common import paths
+from byok.common.errors import SkipExperiment
 from byok.harness import results
-from byok.harness.context import Context, Environment, SkipExperiment
+from byok.harness.context import Context, Environment
 from byok.harness.registry import Experiment
 
 

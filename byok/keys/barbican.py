@@ -24,11 +24,12 @@ from typing import Any
 import tenacity
 
 from byok.common.errors import (
-    ByokError,
     IdentityError,
     KeyAccessDenied,
     KeyNotFound,
+    KeyServiceError,
     KeyServiceUnavailable,
+    SecretConflict,
 )
 from byok.common.sensitive import Sensitive, quiet_http_logs
 from byok.keys.identity import Identity
@@ -47,12 +48,6 @@ class _Transient(Exception):
     def __init__(self, message: str, endpoint: str) -> None:
         super().__init__(message)
         self.endpoint = endpoint
-
-
-class SecretConflict(ByokError):
-    """Barbican refused because of the secret's state (e.g. it still has consumers)."""
-
-    exit_code = 5
 
 
 _URL = re.compile(r"https?://[^\s'\"]+")
@@ -168,7 +163,7 @@ class BarbicanAPI:
                     hint="volumes still use it; delete them first, or force (byok key delete "
                     "--force) knowing those volumes can then only be recovered offline",
                 )
-            raise ByokError(f"Barbican answered HTTP {code} to {what}{subject}: {detail}")
+            raise KeyServiceError(f"Barbican answered HTTP {code} to {what}{subject}: {detail}")
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Transient),

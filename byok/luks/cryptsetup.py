@@ -29,6 +29,7 @@ from byok.common.errors import (
     DeviceMapperUnavailable,
     HeaderCorrupt,
     NotLuks,
+    UsageError,
     VolumeBusy,
     VolumeError,
     WrongKey,
@@ -103,7 +104,7 @@ def get_policy(name: str | PbkdfPolicy) -> PbkdfPolicy:
     try:
         return POLICIES[name]
     except KeyError:
-        raise ByokError(f"unknown PBKDF policy {name!r}; known: {', '.join(POLICIES)}") from None
+        raise UsageError(f"unknown PBKDF policy {name!r}; known: {', '.join(POLICIES)}") from None
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def format(
     volume key); by default cryptsetup generates it.
     """
     if luks_type not in LUKS_TYPES:
-        raise ByokError(f"unknown LUKS type {luks_type!r}; use luks1 or luks2")
+        raise UsageError(f"unknown LUKS type {luks_type!r}; use luks1 or luks2")
     target = header or path
     if target.exists() and target.stat().st_size:
         if is_luks(path, header=header):

@@ -268,3 +268,22 @@ def read_passphrase(*, key_file: Path | None = None, passphrase_file: Path | Non
             out.append(Sensitive(raw[:-1]))
         return out
     raise RecoveryError("give --key-file or --passphrase-file")
+
+
+def recover_with_key(image: Path, out: Path | None, *, key_file: Path | None = None,
+                     passphrase_file: Path | None = None, header: Path | None = None,
+                     overwrite: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> dict:
+    """:func:`recover` with the key as the user holds it (a key file or a passphrase file),
+    trying each passphrase that form can stand for.
+
+    :raises WrongKey: none opens the volume.
+    """
+    last: WrongKey | None = None
+    for pw in read_passphrase(key_file=key_file, passphrase_file=passphrase_file):
+        try:
+            return recover(image, out, passphrase=pw, header=header, progress=progress,
+                           overwrite=overwrite)
+        except WrongKey as e:
+            last = e
+    raise last or WrongKey(f"{image.name}: no keyslot opens with this key")

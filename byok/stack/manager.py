@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from byok.common import paths
-from byok.common.errors import StackError
+from byok.common.errors import StackError, UsageError
 from byok.stack import files, seed
 from byok.stack.config import REGION, SEED_USERS, StackConfig, StackSecrets
 from byok.stack.server import Server, ServerSpec
@@ -150,7 +151,18 @@ class Stack:
         """A seeded user's Identity (from this stack's clouds.yaml)."""
         from byok.keys.identity import Identity
 
+        if not self.cfg.clouds_yaml.exists():
+            raise UsageError("the embedded stack has no clouds.yaml yet", hint="run: byok stack up")
         return Identity.from_cloud(self.cloud_name(user), clouds_yaml=self.cfg.clouds_yaml)
+
+    def user_id(self, name: str) -> str:
+        """The Keystone id of a seeded user, or ``name`` itself if it already is an id."""
+        if re.fullmatch(r"[0-9a-f]{32}", name):
+            return name
+        ids = self.ids()
+        if f"user:{name}" not in ids:
+            raise UsageError(f"unknown user {name!r}", hint="give the Keystone user id instead")
+        return ids[f"user:{name}"]
 
     def down(self) -> dict[str, bool]:
         """Stop our servers (pidfile-verified). Idempotent; returns which were stopped."""

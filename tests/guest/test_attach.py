@@ -167,7 +167,7 @@ def test_cli_attach_write_read_and_wrong_key_exit_code(stack, make_key, blank_vo
     assert doc["write_sha256"] == doc["read_sha256"] == pattern_sha256(9, 2 << 20)
     r = subprocess.run([*byok, "--key-ref", other.href], capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 5 and "no keyslot" in r.stderr
+    assert r.returncode == WrongKey.exit_code and "no keyslot" in r.stderr
 
 
 def test_guest_cannot_write_the_host_and_leaves_no_process(tmp_path):

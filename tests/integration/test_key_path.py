@@ -200,7 +200,8 @@ def test_session_reuse_means_one_token_for_many_gets(km, identities, make_key):
 
 @pytest.mark.parametrize(
     ("ref", "user", "code"),
-    [("not-a-ref", "alice", 3), (str(uuid.uuid4()), "alice", 4), (None, "bob", 5)],
+    [("not-a-ref", "alice", KeyRefInvalid.exit_code),
+     (str(uuid.uuid4()), "alice", KeyNotFound.exit_code), (None, "bob", KeyAccessDenied.exit_code)],
 )
 def test_cli_exit_codes(make_key, ref, user, code):
     import subprocess

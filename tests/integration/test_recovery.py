@@ -119,7 +119,7 @@ def test_cli_key_file_passphrase_file_and_wrong_key(tmp_path, raw):
     wrong.write_bytes(os.urandom(64))
     r = subprocess.run([*byok, "--key-file", str(wrong), "--out", str(tmp_path / "c")],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 5 and "no keyslot" in r.stderr
+    assert r.returncode == WrongKey.exit_code and "no keyslot" in r.stderr
     assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
     r = subprocess.run([*byok, "--key-file", str(keyfile), "--out", str(out)],
                        capture_output=True, text=True, timeout=120)

@@ -163,8 +163,7 @@ def test_header_backup_brings_back_a_zeroed_header(svc, make_key):
 
 def test_user_deletes_a_key_still_in_use(svc, make_key, barbican, tmp_path):
     """What every later operation does (design/notes/lifecycle.md has the table)."""
-    from byok.common.errors import KeyNotFound
-    from byok.keys.barbican import SecretConflict
+    from byok.common.errors import KeyNotFound, SecretConflict
     from byok.lifecycle import rotation
 
     ref, raw = make_key("alice")

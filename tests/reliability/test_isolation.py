@@ -38,8 +38,7 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 def _denied(r: subprocess.CompletedProcess) -> bool:
-    # Exit 5 is shared by "access denied" and "wrong key": the message says which it was.
-    return (r.returncode == 5 and "keyslot" not in r.stderr
+    return (r.returncode == KeyAccessDenied.exit_code and "keyslot" not in r.stderr
             and re.search("may not|cannot read|never bound", r.stderr) is not None)
 
 
