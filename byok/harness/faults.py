@@ -29,6 +29,7 @@ class FaultInjectingProxy:
         self.fail_after = fail_after
         self.requests = 0
         self.injected = 0
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._lock = threading.Lock()
         self._stop = threading.Event()
         proxy = self
@@ -44,6 +45,7 @@ class FaultInjectingProxy:
                 body = self.rfile.read(length) if length else None
                 with proxy._lock:
                     proxy.requests += 1
+                    proxy.seen.append((self.command, self.path.split("?", 1)[0]))
                     inject = proxy.mode != "pass" and proxy.requests > proxy.fail_after and (
                         proxy.fail_first is None or proxy.injected < proxy.fail_first
                     )

@@ -30,7 +30,6 @@ Forbidden), so castellan's own functional test suite runs unchanged against this
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import contextvars
 import hashlib
@@ -38,11 +37,10 @@ import hmac
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from barbicanclient import exceptions as barbican_exceptions
+import cachetools
 from castellan.common import exception as cexc
 from castellan.key_manager import barbican_key_manager
 from oslo_config import cfg
@@ -106,14 +104,9 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         super().__init__(configuration)
         self.conf.register_opts(_byok_opts, group=BYOK_GROUP)
         self._lock = threading.Lock()
-        self._clients: collections.OrderedDict[bytes, tuple[Any, float]] = (
-            collections.OrderedDict()
-        )
-        self._identities: collections.OrderedDict[bytes, tuple[Any, float]] = (
-            collections.OrderedDict()
-        )
+        self._caches: dict[str, cachetools.TTLCache] = {}
         self._hmac_key = os.urandom(32)  # per process: cache keys mean nothing elsewhere
-        self._fetched_digests: dict[str, bytes] = {}
+        self._fetched_digests: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
 
     # -- session reuse -----------------------------------------------------------------------
     def _credential_key(self, context: Any) -> bytes | None:
@@ -144,54 +137,82 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         msg = "\x1f".join(str(p) for p in parts) + "\x1e" + secret
         return hmac.new(self._hmac_key, msg.encode(), hashlib.sha256).digest()
 
-    def _per_credential(self, cache: collections.OrderedDict, context: Any,
-                        build: Any) -> Any:
-        """``build()``, reused per credential for ``[byok] session_ttl`` seconds (LRU-bounded);
-        uncached for a credential shape we cannot key safely or with the TTL at 0."""
+    def _per_credential(self, kind: str, context: Any, build: Any) -> Any:
+        """``build()``, reused per credential for ``[byok] session_ttl`` seconds (a cachetools
+        TTL cache, LRU-bounded); uncached for a credential shape we cannot key safely or with
+        the TTL at 0."""
         ttl = self.conf.byok.session_ttl
         key = self._credential_key(context) if context and ttl else None
         if key is None:
             return build()
-        now = time.monotonic()
         with self._lock:
+            cache = self._caches.get(kind)
+            if cache is None or cache.ttl != ttl:
+                cache = self._caches[kind] = cachetools.TTLCache(
+                    maxsize=self.conf.byok.session_cache_size, ttl=ttl)
             hit = cache.get(key)
-            if hit and hit[1] > now:
-                cache.move_to_end(key)
-                return hit[0]
+        if hit is not None:
+            return hit
         value = build()
         with self._lock:
-            cache[key] = (value, now + ttl)
-            while len(cache) > self.conf.byok.session_cache_size:
-                cache.popitem(last=False)
+            cache[key] = value
         return value
 
     def _get_barbican_client(self, context: Any) -> Any:
-        return self._per_credential(self._clients, context,
-                                    lambda: super(ByokKeyManager, self)._get_barbican_client(
-                                        context))
+        """castellan's client, built on a session with a request timeout (castellan's has none,
+        so a paused Barbican would hang the caller), reused per credential."""
+        if not context:
+            return super()._get_barbican_client(context)  # raises Forbidden
+
+        def build() -> Any:
+            from barbicanclient import client as bclient
+            from keystoneauth1 import session as ks_session
+
+            from byok.keys.identity import KEYSTONE_TIMEOUT
+
+            try:
+                auth = self._get_keystone_auth(context)
+                sess = ks_session.Session(auth=auth, verify=self._verify,
+                                          timeout=KEYSTONE_TIMEOUT)
+                return bclient.Client(version=self.conf.barbican.barbican_api_version,
+                                      session=sess,
+                                      endpoint=self._get_barbican_endpoint(auth, sess))
+            except Exception as e:  # castellan's contract: a KeyManagerError, with the reason
+                raise cexc.KeyManagerError(reason=e) from e
+
+        return self._per_credential("clients", context, build)
+
+    def _api(self, context: Any) -> Any:
+        """byok's Barbican calls (typed errors, the retry policy) on this context's client."""
+        from byok.keys.barbican import BarbicanAPI
+
+        client = self._get_barbican_client(context)
+        return BarbicanAPI(None, self.conf.barbican.barbican_endpoint or "", client=client)
 
     # -- ownership ---------------------------------------------------------------------------
     def _mark_service_owned(self, context: Any, object_id: str) -> None:
-        client = self._get_barbican_client(context)
+        from byok.common.errors import ByokError
+        from byok.keys.ref import KeyRef
+
         try:
-            client.secrets.set_secret_metadata(object_id, {OWNER_KEY: OWNER_SERVICE})
-        except (barbican_exceptions.BarbicanException, barbican_exceptions.HTTPError) as e:
+            self._api(context).set_metadata(KeyRef(object_id), {OWNER_KEY: OWNER_SERVICE})
+        except ByokError as e:
             # Unmarked means user-owned: the safe direction (it can leak, never be deleted).
             LOG.warning("could not mark secret %s as service-owned: %s", object_id, e)
 
     def is_user_owned(self, context: Any, object_id: str) -> bool:
         """True unless the secret carries this backend's service-owner mark."""
-        client = self._get_barbican_client(context)
+        from byok.common.errors import ByokError, KeyAccessDenied, KeyNotFound
+        from byok.keys.ref import KeyRef
+
         try:
-            meta = client.secrets.get_secret_metadata(object_id)
-        except (barbican_exceptions.BarbicanException, barbican_exceptions.HTTPError) as e:
-            if self._is_secret_not_found_error(e):
-                raise cexc.ManagedObjectNotFoundError(uuid=object_id) from e
-            if isinstance(e, barbican_exceptions.HTTPClientError) and e.status_code == 403:
-                # Cannot read the mark: treat as the user's (never delete what we can't vouch for).
-                return True
+            metadata = self._api(context).metadata(KeyRef(object_id))
+        except KeyNotFound as e:
+            raise cexc.ManagedObjectNotFoundError(uuid=object_id) from e
+        except KeyAccessDenied:
+            return True  # cannot read the mark: the user's (never delete what we can't vouch for)
+        except ByokError as e:
             raise cexc.KeyManagerError(reason=e) from e
-        metadata = meta.get("metadata", meta) if isinstance(meta, dict) else {}
         return metadata.get(OWNER_KEY) != OWNER_SERVICE
 
     def _digest(self, obj: Any) -> bytes | None:
@@ -222,7 +243,7 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         """byok's identity for a castellan credential, reused like the clients above."""
         from byok.keys.identity import Identity
 
-        return self._per_credential(self._identities, context, lambda: Identity.from_castellan(
+        return self._per_credential("identities", context, lambda: Identity.from_castellan(
             context, auth_url=self.conf.barbican.auth_endpoint))
 
     def get_for_volume(self, context: Any, managed_object_id: str, volume_id: str) -> Any:
@@ -257,8 +278,6 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
             if digest is not None:
                 with self._lock:
                     self._fetched_digests[str(managed_object_id)] = digest
-                    while len(self._fetched_digests) > 1024:
-                        self._fetched_digests.pop(next(iter(self._fetched_digests)))
         return obj
 
     def store(self, context, managed_object, expiration=None):

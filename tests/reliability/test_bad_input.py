@@ -9,10 +9,9 @@ import os
 import pytest
 
 from byok.attach.hook import AttachHook, connection_info_for
-from byok.common.errors import ByokError, KeyTypeMismatch
+from byok.common.errors import ByokError, KeyServiceError, KeyTypeMismatch
 from byok.common.sensitive import Sensitive
 from byok.keys import resolver as keys
-from byok.keys.ref import KeyRef
 from byok.luks import cryptsetup as luks
 from byok.luks import header as luksheader
 from tests.reliability.conftest import count, file_sha
@@ -112,12 +111,10 @@ def test_malformed_secrets_are_typed_errors(identities, barbican, kind, override
         import base64
 
         # Stored as octet-stream so Barbican accepts non-UTF-8 bytes for a passphrase secret.
-        out = api._request("POST", api.endpoint + "/v1/secrets", what="store", ok=(201,),
-                           json_body={"name": "bad", "secret_type": "passphrase",
-                                      "payload": base64.b64encode(overrides["payload"]).decode(),
-                                      "payload_content_type": "application/octet-stream",
-                                      "payload_content_encoding": "base64"})
-        ref = KeyRef(out["secret_ref"].rsplit("/", 1)[1], api.endpoint)
+        ref = api.post_secret({"name": "bad", "secret_type": "passphrase",
+                               "payload": base64.b64encode(overrides["payload"]).decode(),
+                               "payload_content_type": "application/octet-stream",
+                               "payload_content_encoding": "base64"})
     else:
         bits = int(kind[3:])
         payload = overrides.pop("payload", os.urandom(bits // 8))
@@ -140,9 +137,7 @@ def test_malformed_secrets_are_typed_errors(identities, barbican, kind, override
 def test_secrets_barbican_accepts_but_no_volume_can_use(identities, barbican, body, why):
     """Stored for real in Barbican, then refused by the resolver with a typed reason."""
     api = barbican("alice")
-    out = api._request("POST", api.endpoint + "/v1/secrets", what="store", ok=(201,),
-                       json_body={"name": "bad", **body})
-    ref = KeyRef(out["secret_ref"].rsplit("/", 1)[1], api.endpoint)
+    ref = api.post_secret({"name": "bad", **body})
     with pytest.raises(KeyTypeMismatch, match=why):
         keys.Resolver(identities("alice")).resolve(ref)
     count("malformed secrets refused")
@@ -161,8 +156,7 @@ def test_secrets_barbican_accepts_but_no_volume_can_use(identities, barbican, bo
 def test_secrets_barbican_refuses_are_a_typed_error_and_store_nothing(barbican, body):
     api = barbican("alice")
     before = api.count_secrets()
-    with pytest.raises(ByokError, match="HTTP 400"):
-        api._request("POST", api.endpoint + "/v1/secrets", what="store", ok=(201,),
-                     json_body={"name": "bad", **body})
+    with pytest.raises(KeyServiceError, match="HTTP 400"):
+        api.post_secret({"name": "bad", **body})
     assert api.count_secrets() == before
     count("malformed secrets refused")
