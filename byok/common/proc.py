@@ -171,33 +171,19 @@ def run(
     stdin_note = " (stdin: secret)" if isinstance(input, Sensitive) else ""
     LOG.debug("run: %s%s", shlex.join(args), stdin_note)
     start = time.monotonic()
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dict(env) if env is not None else None,
-        cwd=cwd,
-        pass_fds=_fds(pass_fds),
-        start_new_session=True,
-    )
+    call = Call(args, data, timeout, dict(env) if env is not None else None, cwd,
+                _fds(pass_fds))
     try:
-        stdout, stderr = proc.communicate(input=data, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        stdout, stderr = proc.communicate()
-        res = Result(args, -9, stdout, stderr, time.monotonic() - start, secrets)
+        code, stdout, stderr = _EXECUTOR.get()(call)
+    except _TimedOut as t:
+        res = Result(args, -9, t.stdout, t.stderr, time.monotonic() - start, secrets)
         raise CommandTimeout(
             f"{label} did not finish within {timeout:g} s and was killed",
             argv=args,
             returncode=None,
             stderr=res.tail(),
         ) from None
-    except BaseException:
-        kill_group(proc)
-        proc.wait()
-        raise
-    res = Result(args, proc.returncode, stdout, stderr, time.monotonic() - start, secrets)
+    res = Result(args, code, stdout, stderr, time.monotonic() - start, secrets)
     LOG.debug("exit %d after %.3f s: %s", res.returncode, res.duration, Path(args[0]).name)
     if errors and res.returncode in errors:
         raise errors[res.returncode](res)
@@ -209,6 +195,68 @@ def run(
             stderr=res.tail(),
         )
     return res
+
+
+@dataclass(frozen=True)
+class Call:
+    """One command as :func:`run` hands it to the executor."""
+
+    argv: list[str]
+    stdin: bytes | None = field(repr=False)
+    timeout: float
+    env: dict[str, str] | None = None
+    cwd: str | os.PathLike[str] | None = None
+    pass_fds: tuple[int, ...] = ()
+
+
+Executor = Callable[[Call], tuple[int, bytes, bytes]]
+
+
+class _TimedOut(Exception):
+    def __init__(self, stdout: bytes, stderr: bytes) -> None:
+        super().__init__("timed out")
+        self.stdout, self.stderr = stdout, stderr
+
+
+def popen_executor(call: Call) -> tuple[int, bytes, bytes]:
+    """The real executor: a child in its own session, killed as a group on timeout."""
+    p = subprocess.Popen(
+        call.argv,
+        stdin=subprocess.PIPE if call.stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=call.env,
+        cwd=call.cwd,
+        pass_fds=call.pass_fds,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = p.communicate(input=call.stdin, timeout=call.timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        stdout, stderr = p.communicate()
+        raise _TimedOut(stdout, stderr) from None
+    except BaseException:
+        kill_group(p)
+        p.wait()
+        raise
+    return p.returncode, stdout, stderr
+
+
+_EXECUTOR: contextvars.ContextVar[Executor] = contextvars.ContextVar(
+    "byok_executor", default=popen_executor)
+
+
+@contextlib.contextmanager
+def executor(fn: Executor) -> Iterator[None]:
+    """Run every :func:`run` inside the block through ``fn`` instead of a real child — the test
+    seam os-brick has in its ``execute=`` argument: unit tests assert exact command lines and
+    how canned exit codes and stderr are classified, without running the program."""
+    token = _EXECUTOR.set(fn)
+    try:
+        yield
+    finally:
+        _EXECUTOR.reset(token)
 
 
 def kill_group(proc: subprocess.Popen) -> None:

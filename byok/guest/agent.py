@@ -32,6 +32,7 @@ from typing import Any
 from byok.common import proc
 from byok.common.errors import FormatRefused
 from byok.common.pattern import pattern_chunks
+from byok.common.retry import retry
 from byok.common.sensitive import Sensitive
 
 MAPPER = "/dev/mapper"
@@ -80,15 +81,16 @@ def lean_execute(argv: list[str], *, process_input=None, check_exit_code=True, a
 
     ok = [0] if check_exit_code is True else (check_exit_code or None)
     data = Sensitive(process_input) if process_input else None  # os-brick's passphrase
-    for attempt in range(max(1, attempts)):
+
+    @retry(processutils.ProcessExecutionError, retries=max(1, attempts), interval=0)
+    def once() -> tuple[str, str]:
         r = proc.run(argv, input=data, check=False, timeout=600, what=Path(argv[0]).name)
-        out, err = r.out, r.err
-        if ok is None or r.returncode in ok:
-            return out, err
-        if attempt + 1 >= max(1, attempts):
-            raise processutils.ProcessExecutionError(exit_code=r.returncode, stdout=out,
-                                                     stderr=err, cmd=" ".join(argv))
-    return "", ""
+        if ok is not None and r.returncode not in ok:
+            raise processutils.ProcessExecutionError(exit_code=r.returncode, stdout=r.out,
+                                                     stderr=r.err, cmd=" ".join(argv))
+        return r.out, r.err
+
+    return once()
 
 
 class PreResolvedKeyManager:

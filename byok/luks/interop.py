@@ -15,6 +15,7 @@ from pathlib import Path
 
 from byok.common import proc
 from byok.common.errors import CommandFailed, WrongKey
+from byok.common.retry import retry
 from byok.common.sensitive import Sensitive
 
 
@@ -60,10 +61,11 @@ def qemu_encrypt_luks1(raw: Path, out: Path, passphrase: Sensitive, *, attempts:
     in ``cipher_mode`` (xts, cbc) with ``ivgen`` (plain64, essiv: sha256 as its hash).
 
     qemu-img benchmarks its PBKDF and, on this VM's coarse CPU accounting, sometimes fails with
-    "Unable to get accurate CPU usage"; that one error is retried.
+    "Unable to get accurate CPU usage"; that one error is retried (:func:`byok.common.retry`).
     """
-    last = ""
-    for _ in range(attempts):
+    @retry(CommandFailed, retries=attempts, interval=0,
+           when=lambda e: "accurate CPU usage" in str(e))
+    def once() -> None:
         out.unlink(missing_ok=True)
         with proc.secret_fd(passphrase, "byok-qemu-secret") as (fd, fd_path):
             res = proc.run(
@@ -75,9 +77,7 @@ def qemu_encrypt_luks1(raw: Path, out: Path, passphrase: Sensitive, *, attempts:
                  str(raw), str(out)],
                 pass_fds=(fd,), check=False, timeout=300, what="qemu-img convert",
             )
-        if res.returncode == 0:
-            return
-        last = res.tail(2)
-        if "accurate CPU usage" not in last:
-            break
-    raise CommandFailed(f"qemu-img could not create a LUKS image: {last}")
+        if res.returncode:
+            raise CommandFailed(f"qemu-img could not create a LUKS image: {res.tail(2)}")
+
+    once()
