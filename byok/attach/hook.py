@@ -160,6 +160,9 @@ def guard_device(
 # --- steps ------------------------------------------------------------------------------------
 
 
+OP_MODULES = ("byok.attach.guest_ops",)  # the os-brick steps the guest agent runs for us
+
+
 def attach_step(v: PreparedVolume, *, guard: bool = True, name: str | None = None,
                 **kw: Any) -> dict:
     return {
@@ -267,7 +270,7 @@ class AttachHook:
                      .values())
         secrets = {v.key_name: v.key.payload for v in volumes}
         return self.guest.run(steps, disks=disks, secrets=secrets, on_wait=on_wait,
-                              progress=progress)
+                              progress=progress, op_modules=OP_MODULES)
 
     def attach(
         self,

@@ -21,7 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from byok.attach.hook import AttachHook, attach_step, connection_info_for, detach_step
+from byok.attach.hook import (
+    OP_MODULES,
+    AttachHook,
+    attach_step,
+    connection_info_for,
+    detach_step,
+)
 from byok.bench.stats import summary
 from byok.common import sparse
 from byok.common.sensitive import Sensitive
@@ -95,7 +101,8 @@ def run(identity: Identity, *, n: int = 10, stock_n: int = 2) -> dict:
                           detach_step(stock, name=f"sd{i}")]
             run_ = guest.run(steps, disks=[Disk(v.path, v.volume_id, link=v.link),
                                            Disk(stock.path, stock.volume_id, link=stock.link)],
-                             secrets={v.key_name: v.key.payload, "bare": pw})
+                             secrets={v.key_name: v.key.payload, "bare": pw},
+                             op_modules=OP_MODULES)
             failed = [s["name"] for s in run_.steps if not s.get("ok")]
             if failed:
                 raise RuntimeError(f"attach bench steps failed in the guest: {failed}")

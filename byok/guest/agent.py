@@ -6,11 +6,11 @@ memfd; the result is written to another. Before it touches a device whose serial
 backend set (QEMU), the agent checks it, so a reordered bus can never make it write the wrong
 volume. Steps run in order; each records ``ok``, timing and its outputs; a failing
 step records the error (type, message, exit code) and, unless ``continue_on_error``, ends the
-job. Nothing here talks to Keystone or Barbican: keys were resolved on the host by the hook,
-and reach os-brick through :class:`PreResolvedKeyManager`.
+job. Nothing here talks to Keystone or Barbican.
 
-Step ops: ``osbrick_attach``, ``osbrick_detach`` (os-brick encryptors, with or without byok's
-format guard), ``cryptsetup_open``/``cryptsetup_close`` (bare cryptsetup, for comparison),
+Step ops: those a job's ``op_modules`` add (the attach layer's os-brick steps,
+:mod:`byok.attach.guest_ops`), ``cryptsetup_open``/``cryptsetup_close`` (bare cryptsetup,
+for comparison),
 ``write``/``sha256`` (deterministic patterns through a device), ``wait`` (pause until the host
 answers), ``parallel_open`` (N concurrent opens with a memory sampler), ``dm_slices`` (carve one
 disk into linear dm devices), ``meminfo``, ``shell``.
@@ -19,6 +19,7 @@ disk into linear dm devices), ``meminfo``, ``shell``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import struct
@@ -26,13 +27,10 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from byok.common import proc
-from byok.common.errors import FormatRefused
 from byok.common.pattern import pattern_chunks
-from byok.common.retry import retry
 from byok.common.sensitive import Sensitive
 
 MAPPER = "/dev/mapper"
@@ -68,54 +66,6 @@ def meminfo() -> dict[str, int]:
     return out
 
 
-def lean_execute(argv: list[str], *, process_input=None, check_exit_code=True, attempts=1,
-                 **_ignored) -> tuple[str, str]:
-    """os-brick's executor contract (processutils.execute's) on byok's process boundary.
-
-    We are root in the guest, so root_helper/run_as_root are moot. processutils passes a
-    preexec_fn, which forces Python's fork+exec path; under User-Mode Linux or TCG every fork of
-    this large process costs ~0.1 s, so the lean path (vfork/posix_spawn) is what a compute
-    host's privsep daemon would cost relative to cryptsetup, not an artefact of the guest.
-    """
-    from oslo_concurrency import processutils
-
-    ok = [0] if check_exit_code is True else (check_exit_code or None)
-    data = Sensitive(process_input) if process_input else None  # os-brick's passphrase
-
-    @retry(processutils.ProcessExecutionError, retries=max(1, attempts), interval=0)
-    def once() -> tuple[str, str]:
-        r = proc.run(argv, input=data, check=False, timeout=600, what=Path(argv[0]).name)
-        if ok is not None and r.returncode not in ok:
-            raise processutils.ProcessExecutionError(exit_code=r.returncode, stdout=r.out,
-                                                     stderr=r.err, cmd=" ".join(argv))
-        return r.out, r.err
-
-    return once()
-
-
-class PreResolvedKeyManager:
-    """A castellan key manager that serves the one key the host already resolved.
-
-    Not a fake of Barbican: the host resolved the key against the real Barbican through
-    :func:`byok.keys.guard.resolve_volume_key` — the very function the castellan backend ``byok``
-    runs in ``get`` for a volume — and the guest has no network, so the resolved castellan object
-    is handed over and this class returns it when os-brick calls ``get``. That os-brick's own
-    encryptor code, given backend ``byok`` itself, derives the same passphrase is tested on the
-    host (tests/integration/test_key_path.py).
-    """
-
-    def __init__(self, obj: Any, key_id: str) -> None:
-        self.obj = obj
-        self.key_id = key_id
-        self.calls = 0
-
-    def get(self, context: Any, managed_object_id: str, metadata_only: bool = False) -> Any:
-        self.calls += 1
-        if managed_object_id != self.key_id:
-            raise KeyError(managed_object_id)
-        return self.obj
-
-
 def check_serial(dev: str, want: str | None) -> None:
     """Refuse a device whose serial is not the one the host gave it (virtio-blk sets it)."""
     if not want:
@@ -135,6 +85,9 @@ class Agent:
         self.secrets = {k: bytes.fromhex(v) for k, v in job.get("secrets", {}).items()}
         self.disks = {d["name"]: d for d in job.get("disks", [])}
         self.encryptors: dict[str, Any] = {}
+        self.ops: dict[str, Any] = {}
+        for name in job.get("op_modules", []):  # ops a higher layer adds (os-brick's attach)
+            self.ops.update(importlib.import_module(name).OPS)
         for d in self.disks.values():
             check_serial(d["dev"], d.get("serial"))
             self._connect(d)
@@ -157,85 +110,7 @@ class Agent:
             return f"{MAPPER}/{step['mapper']}"
         return self.disks[step["disk"]]["dev"]
 
-    def _key_object(self, step: dict) -> Any:
-        from castellan.common.objects import passphrase, symmetric_key
-
-        raw = self.secrets[step["key"]]
-        if step.get("secret_type") == "passphrase":
-            return passphrase.Passphrase(raw, id=step.get("key_id", step["key"]))
-        return symmetric_key.SymmetricKey("AES", len(raw) * 8, raw,
-                                          id=step.get("key_id", step["key"]))
-
     # -- ops -----------------------------------------------------------------------------------
-    def op_osbrick_attach(self, step: dict) -> dict:
-        from os_brick import encryptors
-        from oslo_concurrency import processutils
-
-        disk = self.disks[step["disk"]]
-        self._connect(disk)
-        link = disk.get("link") or disk["dev"]
-        key_id = step.get("key_id", step["key"])
-        keymgr = PreResolvedKeyManager(self._key_object(step), key_id)
-        commands: list[list[str]] = []
-        timings: list[float] = []
-        guard = step.get("guard", True)
-        allow_format = step.get("allow_format", False)
-
-        def execute(*cmd, **kw):
-            argv = [str(c) for c in cmd]
-            commands.append(argv)
-            if guard and "luksFormat" in argv and not allow_format:
-                raise FormatRefused(
-                    f"os-brick tried to luksFormat {argv[-1]}; byok's guard refused"
-                )
-            t0 = time.monotonic()
-            try:
-                return lean_execute(argv, **kw)
-            finally:
-                timings.append(time.monotonic() - t0)
-
-        conn = {
-            "driver_volume_type": "byok-ubd",
-            "data": {"device_path": link, "volume_id": step["disk"]},
-        }
-        enc = encryptors.get_volume_encryptor(
-            root_helper=None,
-            connection_info=conn,
-            keymgr=keymgr,
-            execute=execute,
-            control_location="front-end",
-            provider=step.get("provider", "luks2"),
-            encryption_key_id=key_id,
-        )
-        kwargs = {}
-        if step.get("cipher"):
-            kwargs["cipher"] = step["cipher"]
-        if step.get("key_size"):
-            kwargs["key_size"] = str(step["key_size"])
-        try:
-            enc.attach_volume(None, **kwargs)
-        except processutils.ProcessExecutionError as e:
-            raise RuntimeError(
-                json.dumps({"exit_code": e.exit_code, "cmd": (e.cmd or "")[:200],
-                            "stderr": (e.stderr or "")[-300:], "commands": commands})
-            ) from None
-        except FormatRefused as e:
-            raise FormatRefused(json.dumps({"message": str(e), "commands": commands})) from None
-        self.encryptors[step["disk"]] = enc
-        return {
-            "mapper": f"{MAPPER}/{enc.dev_name}",
-            "symlink_target": os.path.realpath(link),
-            "commands": commands,
-            "formatted": any("luksFormat" in c for c in commands),
-            "command_seconds": timings,
-            "keymgr_calls": keymgr.calls,
-        }
-
-    def op_osbrick_detach(self, step: dict) -> dict:
-        enc = self.encryptors.pop(step["disk"])
-        enc.detach_volume()
-        return {"closed": enc.dev_name}
-
     def op_cryptsetup_open(self, step: dict) -> dict:
         mapping = step.get("mapping", step["name"])
         r = proc.run(["cryptsetup", "luksOpen", "--key-file=-", self._path(step), mapping],
@@ -357,7 +232,8 @@ class Agent:
             t0 = time.monotonic()
             rec: dict[str, Any] = {"name": name, "op": op}
             try:
-                rec.update(getattr(self, f"op_{op}")(step))
+                fn = self.ops.get(op)
+                rec.update(fn(self, step) if fn else getattr(self, f"op_{op}")(step))
                 rec["ok"] = True
             except Exception as e:  # recorded for the host, which maps it to typed errors
                 rec["ok"] = False

@@ -143,8 +143,10 @@ class Guest:
     def run(self, steps: Sequence[dict], *, disks: Sequence[Disk] = (),
             secrets: dict[str, Sensitive] | None = None,
             on_wait: Callable[[str], None] | None = None,
-            progress: Callable[[str], None] | None = None) -> GuestRun:
-        """Run ``steps`` in a fresh guest; returns when the guest has powered off."""
+            progress: Callable[[str], None] | None = None,
+            op_modules: Sequence[str] = ()) -> GuestRun:
+        """Run ``steps`` in a fresh guest; returns when the guest has powered off.
+        ``op_modules``: modules whose ``OPS`` add step ops (a higher layer's, by name)."""
         backend = self.backend
         backend.prepare()
         if len(disks) > backend.max_disks:
@@ -159,8 +161,9 @@ class Guest:
             os.close(result_fd)
             raise
         try:
-            fill_channel(job_fd, json.dumps(job_document(steps, disks, launch,
-                                                         secrets or {})).encode())
+            doc = job_document(steps, disks, launch, secrets or {})
+            doc["op_modules"] = list(op_modules)
+            fill_channel(job_fd, json.dumps(doc).encode())
             run = self._boot(backend, launch, result_fd, on_wait, progress)
             USED.add(backend.name)
             return run

@@ -35,7 +35,8 @@ def main() -> None:
             attach | {"name": "a2"},
             {"op": "sha256", "mapper": "crypt-byok-v", "size": 1 << 20, "name": "r"},
             {"op": "osbrick_detach", "disk": "v", "name": "d2"},
-        ], disks=[Disk(vol, "v", link="/dev/disk/by-id/byok-v")], secrets={"k": key})
+        ], disks=[Disk(vol, "v", link="/dev/disk/by-id/byok-v")], secrets={"k": key},
+            op_modules=("byok.attach.guest_ops",))
         losetup = proc.run(["losetup", "-a"], timeout=30).out.strip()
     print(json.dumps({
         "verdict": asdict(verdict),
