@@ -34,6 +34,7 @@ def parallel_unlocks(path: Path, pw: Sensitive, n: int) -> dict:
     wall = time.perf_counter() - t0
     failures = sum(p.wait() != 0 for p in procs)
     for p in procs:  # stdin was closed by proc.start once the key was written
-        p.stdout.close()
-        p.stderr.close()
+        for stream in (p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
     return {"wall": wall, "peak_mib": peak / (1 << 20), "failures": failures}

@@ -33,7 +33,7 @@ def register(sub, fmt) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from byok.stack.manager import Stack
 
-    wanted = bench.BENCHES if args.which == "all" else (args.which,)
+    wanted: tuple[str, ...] = bench.BENCHES if args.which == "all" else (args.which,)
     if args.which == "all" and args.skip_suite:
         wanted = tuple(b for b in wanted if b != "suite")
     with contextlib.ExitStack() as es:

@@ -66,9 +66,9 @@ class HostBackend(Backend):
 
         try:
             for d in disks:
-                argv = ["losetup", "--find", "--show", *([] if d.writable else ["--read-only"]),
-                        d.path]
-                loops.append(proc.run(argv, timeout=60, what="losetup").out.strip())
+                flags = [] if d.writable else ["--read-only"]
+                attach = ["losetup", "--find", "--show", *flags, str(d.path)]
+                loops.append(proc.run(attach, timeout=60, what="losetup").out.strip())
         except BaseException:
             cleanup()
             raise

@@ -130,9 +130,14 @@ class QemuBackend(Backend):
                      "-device", f"virtio-blk-pci,drive={node},serial=byok-c{j},"
                                 f"addr={hex(FIRST_SLOT + n + j)}"]
         closers = [fd for fd in fds if fd not in (job_fd, result_fd)]
+
+        def close_secrets() -> None:
+            for fd in closers:
+                os.close(fd)
+
         return Launch(argv, env_path(), tuple(fds), [f"/dev/vd{c}" for c in letters[:n]],
                       job_dev, result_dev, serials=[*serials, "byok-c0", "byok-c1"],
-                      cleanup=[lambda: [os.close(fd) for fd in closers]])
+                      cleanup=[close_secrets])
 
 
 class QemuTcgBackend(QemuBackend):

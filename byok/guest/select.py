@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from byok.common import paths, proc
 from byok.common.errors import ByokError, GuestError, UsageError
@@ -144,7 +145,7 @@ def probe(b: Backend, *, progress: Callable[[str], None] | None = None) -> Verdi
         proc.run(["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf",
                   "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file=-", vol],
                  input=passphrase, timeout=120, what="cryptsetup luksFormat (probe)")
-        steps = [
+        steps: list[dict[str, Any]] = [
             {"op": "cryptsetup_open", "disk": "probe", "key": "k", "mapping": "byok-probe",
              "name": "open"},
             {"op": "write", "mapper": "byok-probe", "seed": 7, "size": PROBE_BYTES,

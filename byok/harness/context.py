@@ -4,6 +4,7 @@ recorder for measurements and checks. Everything goes through the product's real
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import time
@@ -148,8 +149,8 @@ class Context:
         else:
             bits = int(kind[3:])
             raw = overrides.pop("payload", os.urandom(bits // 8))
-            args = {"algorithm": "aes", "bit_length": bits, "mode": "xts",
-                    "secret_type": "symmetric"} | overrides
+            args: dict[str, Any] = {"algorithm": "aes", "bit_length": bits, "mode": "xts",
+                                    "secret_type": "symmetric"} | overrides
             ref = api.store(Sensitive(raw), name=f"{self.exp.id}-{kind}", **args)
         if not keep:
             self.on_cleanup(lambda: _quiet(lambda: api.delete(ref, force=True)))
@@ -165,7 +166,7 @@ class Context:
 
         def release_all() -> None:
             for rec in pool.list():
-                _quiet(lambda r=rec: svc.delete(r.id))
+                _quiet(functools.partial(svc.delete, rec.id))
 
         self.on_cleanup(release_all)
         return svc

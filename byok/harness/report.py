@@ -177,7 +177,7 @@ def plot_bench(bench: dict, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.2))
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    margins = [r[1] for r in rows]
+    margins = [float(r[1] or 1.0) for r in rows]
     ax.barh([r[0] for r in rows], [m - 1 for m in margins], left=1,  # from the target line
             color=["#6c6" if r[2] else "#e44" for r in rows])
     ax.axvline(1.0, color="black", linewidth=1)

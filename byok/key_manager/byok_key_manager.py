@@ -104,9 +104,9 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         super().__init__(configuration)
         self.conf.register_opts(_byok_opts, group=BYOK_GROUP)
         self._lock = threading.Lock()
-        self._caches: dict[str, cachetools.TTLCache] = {}
+        self._caches: dict[str, cachetools.TTLCache[bytes, Any]] = {}
         self._hmac_key = os.urandom(32)  # per process: cache keys mean nothing elsewhere
-        self._fetched_digests: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
+        self._fetched_digests: cachetools.LRUCache[str, bytes] = cachetools.LRUCache(maxsize=1024)
 
     # -- session reuse -----------------------------------------------------------------------
     def _credential_key(self, context: Any) -> bytes | None:
@@ -115,7 +115,7 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
 
         if isinstance(context, keystone_password.KeystonePassword):
             secret = context.password or ""
-            parts = (
+            parts: tuple[str | None, ...] = (
                 "pw", context.auth_url, context.username, context.user_id,
                 context.user_domain_id, context.user_domain_name, context.project_id,
                 context.project_name, context.project_domain_id, context.project_domain_name,
@@ -213,7 +213,7 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
             return True  # cannot read the mark: the user's (never delete what we can't vouch for)
         except ByokError as e:
             raise cexc.KeyManagerError(reason=e) from e
-        return metadata.get(OWNER_KEY) != OWNER_SERVICE
+        return bool(metadata.get(OWNER_KEY) != OWNER_SERVICE)
 
     def _digest(self, obj: Any) -> bytes | None:
         try:
@@ -234,8 +234,10 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         }
 
     # -- castellan API -----------------------------------------------------------------------
-    def create_key(self, context, algorithm, length, expiration=None, name=None):
-        key_id = super().create_key(context, algorithm, length, expiration=expiration, name=name)
+    def create_key(self, context: Any, algorithm: str, length: int,
+                   expiration: Any = None, name: str | None = None) -> str:
+        key_id = str(super().create_key(context, algorithm, length, expiration=expiration,
+                                        name=name))
         self._mark_service_owned(context, key_id)
         return key_id
 
@@ -266,7 +268,7 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
             raise cexc.KeyManagerError(reason=f"{type(e).__name__}: {e}") from e
         return km.castellan_object()
 
-    def get(self, context, managed_object_id, metadata_only=False):
+    def get(self, context: Any, managed_object_id: str, metadata_only: bool = False) -> Any:
         volume = current_volume()
         if volume and not metadata_only and context:
             obj = self.get_for_volume(context, managed_object_id, volume)
@@ -280,7 +282,7 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
                     self._fetched_digests[str(managed_object_id)] = digest
         return obj
 
-    def store(self, context, managed_object, expiration=None):
+    def store(self, context: Any, managed_object: Any, expiration: Any = None) -> str:
         source_id = getattr(managed_object, "id", None)
         if context and source_id:
             with self._lock:
@@ -292,19 +294,21 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
                         self.add_consumer(context, source_id, self._consumer(volume))
                     LOG.info("byok: storing user-owned key %s again returns it (shared, not "
                              "copied)", source_id)
-                    return source_id
+                    return str(source_id)
         with quiet_http_logs():  # the POST body carries the key
-            new_id = super().store(context, managed_object, expiration=expiration)
+            new_id = str(super().store(context, managed_object, expiration=expiration))
         self._mark_service_owned(context, new_id)
         return new_id
 
-    def delete(self, context, managed_object_id, force=False):
+    def delete(self, context: Any, managed_object_id: str, force: bool = False) -> None:
         if not context:
-            return super().delete(context, managed_object_id, force)  # raises Forbidden
+            super().delete(context, managed_object_id, force)  # raises Forbidden
+            return
         if not managed_object_id:
             raise cexc.KeyManagerError("key identifier not provided")
         if not self.is_user_owned(context, managed_object_id):
-            return super().delete(context, managed_object_id, force)
+            super().delete(context, managed_object_id, force)
+            return
         volume = current_volume()
         if volume:
             try:
@@ -316,5 +320,5 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
                  managed_object_id, volume or "unknown")
         return None
 
-    def list_options_for_discovery(self):
+    def list_options_for_discovery(self) -> list[tuple[str | None, list[Any]]]:
         return [*super().list_options_for_discovery(), (BYOK_GROUP, list(_byok_opts))]

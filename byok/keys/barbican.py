@@ -172,7 +172,7 @@ class BarbicanAPI:
         return f"secrets/{ref.secret_id}{tail}"
 
     # -- secrets -----------------------------------------------------------------------------
-    def secret(self, ref: KeyRef) -> dict:
+    def secret(self, ref: KeyRef) -> dict[str, Any]:
         """The secret's metadata document (name, type, algorithm, consumers...)."""
         return self._call("read secret metadata", lambda t: self.client.client.get(
             self._path(ref), timeout=t), ref=ref)
@@ -201,7 +201,7 @@ class BarbicanAPI:
         href = self._call("store a secret", post, secret_bearing=True)
         return KeyRef(href.rsplit("/", 1)[1], self.endpoint)
 
-    def post_secret(self, document: dict) -> KeyRef:
+    def post_secret(self, document: dict[str, Any]) -> KeyRef:
         """Create a secret from a document exactly as Barbican's API takes it (no checks here:
         what Barbican accepts but no volume can use is the resolver's to refuse)."""
         out = self._call("store a secret", lambda t: self.client.client.post(
@@ -213,7 +213,7 @@ class BarbicanAPI:
             self._path(ref), "DELETE", params={"force": 1} if force else None, timeout=t),
             ref=ref)
 
-    def list_secrets(self, *, name: str | None = None, limit: int = 100) -> list[dict]:
+    def list_secrets(self, *, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         params = {"limit": limit, **({"name": name} if name else {})}
         return list(self._call("list secrets", lambda t: self.client.client.get(
             "secrets", params=params, timeout=t)).get("secrets", []))
@@ -223,7 +223,7 @@ class BarbicanAPI:
             "secrets", params={"limit": 1}, timeout=t)).get("total", 0))
 
     # -- ACLs --------------------------------------------------------------------------------
-    def acl(self, ref: KeyRef) -> dict:
+    def acl(self, ref: KeyRef) -> dict[str, Any]:
         return dict(self._call("read the ACL", lambda t: self.client.client.get(
             self._path(ref, "/acl"), timeout=t), ref=ref))
 
@@ -233,7 +233,7 @@ class BarbicanAPI:
             self._path(ref, "/acl"), "PUT", json=body, timeout=t), ref=ref)
 
     # -- consumers ---------------------------------------------------------------------------
-    def consumers(self, ref: KeyRef) -> list[dict]:
+    def consumers(self, ref: KeyRef) -> list[dict[str, Any]]:
         out = self._call("list consumers", lambda t: self.client.client.get(
             self._path(ref, "/consumers"), params={"limit": 100}, timeout=t), ref=ref)
         return list(out.get("consumers", []))

@@ -20,6 +20,7 @@ unless the owner forces it — the owner stays in control, but not by accident.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from byok.common.errors import KeyAccessDenied, KeyNotFound
 from byok.keys.barbican import DEFAULT_DEADLINE
@@ -37,7 +38,7 @@ class Consumer:
     resource_id: str
     resource_type: str = RESOURCE_TYPE
 
-    def matches(self, c: dict) -> bool:
+    def matches(self, c: dict[str, Any]) -> bool:
         return (
             c.get("service") == self.service
             and c.get("resource_type") == self.resource_type

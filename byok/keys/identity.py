@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,10 @@ class Identity:
             fields = ("username", "user_id", "user_domain_id", "user_domain_name", "project_id",
                       "project_name", "project_domain_id", "project_domain_name", "domain_id",
                       "domain_name", "trust_id")
-            args = {f: getattr(context, f, None) for f in fields}
+            args: dict[str, Any] = {f: getattr(context, f, None) for f in fields}
             args = {k: v for k, v in args.items() if v}
-            auth = v3.Password(auth_url=context.auth_url or auth_url, password=context.password,
-                               **args)
+            auth: v3.Password | v3.Token = v3.Password(
+                auth_url=context.auth_url or auth_url, password=context.password, **args)
             name, kind = args.get("username") or args.get("user_id") or "password", "password"
             auth_args = {**args, "password": context.password}
         else:
@@ -151,27 +152,27 @@ class Identity:
 
     def token(self) -> str:
         with self._lock:
-            return _ks_call(self, lambda: self.session.get_token())
+            return str(_ks_call(self, lambda: self.session.get_token()))
 
     def user_id(self) -> str:
         with self._lock:
-            return _ks_call(self, lambda: self.session.get_user_id())
+            return str(_ks_call(self, lambda: self.session.get_user_id()))
 
     def project_id(self) -> str:
         with self._lock:
-            return _ks_call(self, lambda: self.session.get_project_id())
+            return str(_ks_call(self, lambda: self.session.get_project_id()))
 
     def endpoint(self, service_type: str) -> str:
         """Catalog URL of ``service_type`` for this identity's region/interface."""
         with self._lock:
-            return _ks_call(
+            return str(_ks_call(
                 self,
                 lambda: self.session.get_endpoint(
                     service_type=service_type,
                     interface=self.interface,
                     region_name=self.region_name,
                 ),
-            )
+            ))
 
     def castellan_context(self) -> Any:
         """A castellan credential for this identity (what Nova/Cinder would pass castellan).
@@ -191,7 +192,7 @@ class Identity:
                 project_domain_name=a.get("project_domain_name"),
             )
         return keystone_password.KeystonePassword(
-            password=a.get("password"),
+            password=str(a.get("password") or ""),
             auth_url=self.auth_url,
             username=a.get("username"),
             user_id=a.get("user_id"),
@@ -204,7 +205,7 @@ class Identity:
         )
 
 
-def _ks_call(ident: Identity, fn):
+def _ks_call(ident: Identity, fn: Callable[[], Any]) -> Any:
     from keystoneauth1 import exceptions as ks_exc
 
     try:

@@ -46,7 +46,7 @@ class SecretInfo:
     expiration: str | None
     creator_id: str | None
     content_type: str | None
-    consumers: tuple[dict, ...] = ()
+    consumers: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_barbican(cls, ref: KeyRef, meta: dict[str, Any]) -> SecretInfo:

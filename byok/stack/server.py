@@ -111,7 +111,7 @@ class Server:
 
     def running_pid(self) -> int | None:
         rec = self.record()
-        return int(rec["pid"]) if self._is_ours(rec) else None
+        return int(rec["pid"]) if rec is not None and self._is_ours(rec) else None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, *, timeout: float = 60.0) -> float:
