@@ -1,26 +1,11 @@
 """The attach-path hook: a user's key reference unlocks a LUKS volume through os-brick.
 
-``AttachHook(identity).attach(connection_info, encryption)``:
-
-1. resolves ``encryption["key_ref"]`` for this volume with the caller's identity through
-   :func:`byok.keys.guard.resolve_volume_key` — the same function the castellan backend ``byok``
-   uses for a volume: a user's token binds the volume as the key's consumer; a service user
-   (Cinder, Nova acting without a user token) gets the key only with the owner's ACL *and* that
-   consumer (the confused-deputy guard) — validated as a volume key;
-2. **guards against os-brick's auto-format**: os-brick formats a device whenever ``luksOpen``
-   exits 1 and ``isLuks`` fails — on a host without dm, or with a damaged header, that destroys the
-   volume. The hook looks first: a LUKS device goes on; a damaged header is ``HeaderCorrupt``; a
-   device the lifecycle marks as *new* **and** that is verifiably blank is formatted by the hook
-   itself (with byok's PBKDF policy for the key's type, not os-brick's 1 GiB default); anything
-   else is ``NotLuks``. The bytes are never touched. Inside the guest, the executor handed to
-   os-brick refuses ``luksFormat`` as a second line of defence;
-3. checks the key against the header on the host (``cryptsetup open --test-passphrase``, no dm)
-   so a wrong key fails fast with ``WrongKey``;
-4. runs ``os_brick.encryptors.get_volume_encryptor(...).attach_volume`` / ``detach_volume`` inside
-   the UML guest on real dm-crypt, with the resolved castellan key object as os-brick's key.
-
-Everything a session does in the guest (write, read back, wait for the host, detach) is one batch
-of steps; :func:`step` builders make them.
+``AttachHook(identity).attach(connection_info, encryption)`` resolves the key with the caller's
+identity (:func:`byok.keys.guard.resolve_volume_key`, the castellan backend's own path), decides
+on the host what the device is without writing to it (LUKS goes on; a damaged header is
+``HeaderCorrupt``; only a volume marked new *and* blank is formatted, with byok's PBKDF policy),
+checks the key against the header (``WrongKey`` fast), then runs os-brick's guarded encryptor on
+real dm-crypt in a guest kernel. The four steps and why: design/notes/attach.md.
 """
 
 from __future__ import annotations

@@ -1,31 +1,11 @@
-"""castellan backend ``byok``: the Barbican backend, made safe for user-owned keys.
+"""castellan backend ``byok``: castellan's Barbican backend, made safe for user-owned keys.
 
-Nova and Cinder load it by name (``[key_manager] backend = byok``, entry point in
-``castellan.drivers``). It is castellan's ``BarbicanKeyManager`` with five changes:
-
-* **Sessions are reused.** castellan builds a new keystoneauth session (and so a new token) on
-  every call; this backend keeps one client per credential (keyed by a keyed hash of the
-  credential, never the credential itself) for up to ``[byok] session_ttl`` seconds. Key
-  material is never cached.
-* **Ownership is recorded.** Secrets this backend creates (``create_key``, ``store`` of new
-  material) get the Barbican user-metadata mark ``byok-owner: service``. A secret without that
-  mark is *user-owned*. Absence of evidence means "user's": a crash between creating a secret
-  and marking it can only leak a service key, never delete a user's.
-* **delete never deletes a user-owned key.** It removes the current volume's consumer
-  (``service=<[byok] consumer_service>, resource_type=volume, resource_id=<volume>``) and logs.
-  The volume comes from :func:`volume_scope`, which the caller (Cinder) sets around the call.
-* **get for a volume goes through byok's key path.** Inside :func:`volume_scope` (what an
-  attach, a clone or a restore of one volume is), ``get`` is :meth:`get_for_volume`: the secret
-  is validated as a volume key (type, size, expiry) and the confused-deputy guard applies — a
-  user's context binds the volume as a consumer, a service context needs the owner's ACL and
-  that consumer. This is the same function the attach hook calls. Outside a volume scope
-  ``get`` is castellan's (so the backend stays a general castellan key manager).
-* **store of a user-owned key's material returns the original id.** Cinder's
-  ``clone_encryption_key`` is ``get`` + ``store``; with this backend a clone/backup/image then
-  *shares* the user's key (and registers a consumer) instead of copying it.
-
-castellan's exception contract is kept (ManagedObjectNotFoundError, KeyManagerError,
-Forbidden), so castellan's own functional test suite runs unchanged against this backend.
+Nova and Cinder load it by name (``[key_manager] backend = byok``). It overrides only what it
+must: sessions are reused per credential; secrets it creates carry a service-owner mark (no mark
+means the user's); ``delete`` never deletes a user's key, it drops the volume's consumer;
+``get`` inside :func:`volume_scope` goes through byok's guarded key path; ``store`` of a user
+key's own material returns its id (shared, not copied). Why each, and castellan's exception
+contract kept: design/notes/key-path.md ("The castellan backend").
 """
 
 from __future__ import annotations
