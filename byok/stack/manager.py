@@ -25,6 +25,9 @@ from byok.stack.config import REGION, SEED_USERS, StackConfig, StackSecrets
 from byok.stack.server import Server, ServerSpec
 
 LOG = logging.getLogger(__name__)
+# Several worker processes, as a deployment runs Barbican: the key-path load test drives
+# hundreds of concurrent requests, and a restart must be a real one (every worker goes).
+BARBICAN_WORKERS = 2
 
 Progress = Callable[[str], None]
 
@@ -68,6 +71,7 @@ class Stack:
                 "BYOK_BARBICAN_PASTE": str(files.barbican_paste_path(self.cfg)),
             },
             health_path="/",
+            workers=BARBICAN_WORKERS,
         )
         return Server(spec, self.run_dir)
 

@@ -34,6 +34,7 @@ class ServerSpec:
     env: dict[str, str]
     health_path: str = "/"
     threads: int = 8
+    workers: int = 1
 
     @property
     def url(self) -> str:
@@ -126,7 +127,7 @@ class Server:
         argv = [
             sys.executable, "-m", "gunicorn",
             "--bind", f"{self.spec.host}:{self.spec.port}",
-            "--workers", "1", "--threads", str(self.spec.threads),
+            "--workers", str(self.spec.workers), "--threads", str(self.spec.threads),
             "--timeout", "120", "--graceful-timeout", "5",
             "--chdir", str(self.spec.workdir),
             "--worker-tmp-dir", "/dev/shm",  # noqa: S108 - gunicorn heartbeat files, tmpfs
