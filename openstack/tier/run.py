@@ -168,13 +168,19 @@ def fake_paths() -> set[str]:
 
 
 def stestr(tree: Path, modules: list[str], *, label: str, workers: int, env=None) -> dict:
-    sel = tree / "byok_selected"
+    """Run ``modules`` with stestr in ``tree``; each label has its own selection package,
+    config and repository, so runs in one tree do not disturb each other."""
+    ident = re.sub(r"\W", "_", label)
+    sel = tree / f"byok_sel_{ident}"
     sel.mkdir(exist_ok=True)
     (sel / "__init__.py").write_text(SELECTION_INIT)
-    listing = tree / "byok_selected.txt"
+    listing = WORK / f"{label}.modules"
     listing.write_text("\n".join(modules) + "\n")
-    (tree / ".stestr.conf").write_text("[DEFAULT]\ntest_path=./byok_selected\ntop_dir=./\n")
-    shutil.rmtree(tree / ".stestr", ignore_errors=True)
+    conf = WORK / f"{label}.stestr.conf"
+    conf.write_text(f"[DEFAULT]\ntest_path=./{sel.name}\ntop_dir=./\n")
+    repo = WORK / f"{label}.stestr"
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir(parents=True)
     environ = dict(os.environ, BYOK_TEST_MODULES=str(listing), PYTHONDONTWRITEBYTECODE="1",
                    OS_STDOUT_CAPTURE="1", OS_STDERR_CAPTURE="1", OS_LOG_CAPTURE="1",
                    **(env or {}))
@@ -183,7 +189,8 @@ def stestr(tree: Path, modules: list[str], *, label: str, workers: int, env=None
     out = WORK / f"{label}.log"
     with open(out, "w") as f:
         proc = subprocess.run(  # noqa: S603
-            [str(BIN / "stestr"), "run", "--concurrency", str(workers), "--subunit"],
+            [str(BIN / "stestr"), "--config", str(conf), "--repo-url", str(repo), "run",
+             "--concurrency", str(workers), "--subunit"],
             cwd=tree, env=environ, stdout=subprocess.PIPE, stderr=f, check=False)
     seconds = time.monotonic() - t0
     created = sorted(fake_paths() - before)
