@@ -22,22 +22,27 @@ import time
 import uuid
 
 from castellan import key_manager as castellan_key_manager
-from oslo_concurrency import processutils
-from oslo_config import cfg
-
 from cinder import context
 from cinder.backup.drivers import posix  # noqa: F401  (registers backup_posix_path)
 from cinder.db import api as db
 from cinder.tests.functional import functional_helpers
-from cinder.volume import configuration
+from cinder.volume import configuration, volume_types, volume_utils
 from cinder.volume.drivers import nfs
-from cinder.volume import volume_types
-from cinder.volume import volume_utils
+from oslo_concurrency import processutils
+from oslo_config import cfg
 
 CONF = cfg.CONF
 BACKEND = os.environ.get("BYOK_OS_BACKEND", "byok")
 MICROVERSION = "3.72"
 SHARE = "127.0.0.1:/byok-local-share"
+
+
+def record(name, **values):
+    """Append one finding to $BYOK_OS_RECORDS (run.py prints them into the CI log)."""
+    path = os.environ.get("BYOK_OS_RECORDS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": name, "backend": BACKEND, **values}) + "\n")
 
 
 def _local_execute(*cmd, **kwargs):
@@ -168,7 +173,9 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
             self.addCleanup(pctxt.set_client_mode, True)
         super().setUp()
         os.makedirs(os.path.join(self.tmp, "backups"), exist_ok=True)
-        self.backup = self.start_service("backup")
+        # Cinder's test base gives every service a random host; the backup service must be
+        # on the volume service's host (backup_use_same_host).
+        self.backup = self.start_service("backup", host=self.volume.host)
         ctxt = context.get_admin_context()
         # The backup service reports itself usable once its driver is set up; tell the
         # scheduler now instead of at the next periodic report (60 s).
@@ -176,7 +183,7 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
         while not self.backup.manager.is_working() and time.monotonic() < deadline:
             time.sleep(0.1)
         self.backup.manager.publish_service_capabilities(ctxt)
-        vtype = volume_types.create(ctxt, "luks-%s" % uuid.uuid4().hex[:8])
+        vtype = volume_types.create(ctxt, f"luks-{uuid.uuid4().hex[:8]}")
         db.volume_type_encryption_create(ctxt, vtype["id"], {
             "provider": "luks", "cipher": "aes-xts-plain64", "key_size": 256,
             "control_location": "front-end"})
@@ -184,11 +191,11 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
         from byok.barbican_api import BarbicanAPI
 
         self.alice_bb = BarbicanAPI(self.alice, self.stack.cfg.barbican_url)
-        self.base = "http://%s:%s/v3" % (self.osapi.host, self.osapi.port)
+        self.base = f"http://{self.osapi.host}:{self.osapi.port}/v3"
 
     # -- helpers -----------------------------------------------------------------------------
     def _req(self, who, method, path, body=None, version=MICROVERSION):
-        url = "%s/%s%s" % (self.base, who.project_id(), path)
+        url = f"{self.base}/{who.project_id()}{path}"
         return who.session.request(url, method, json=body, raise_exc=False,
                                    headers={"OpenStack-API-Version": "volume " + version})
 
@@ -203,7 +210,7 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
             if res["status"] == want:
                 return res
             if res["status"].startswith("error") or time.monotonic() > deadline:
-                self.fail("%s %s is %s, wanted %s" % (key, res["id"], res["status"], want))
+                self.fail(f"{key} {res['id']} is {res['status']}, wanted {want}")
             time.sleep(0.3)
 
     def _create_volume(self, who, **extra):
@@ -217,16 +224,33 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
         raw = os.urandom(bits // 8)
         ref = self.alice_bb.store(Sensitive(raw), secret_type="symmetric", algorithm="aes",
                                   bit_length=bits, mode="xts", name="fn-user-key")
+        self.addCleanup(self._forget, ref)
         return ref, raw
 
+    def _forget(self, ref):
+        """The owner deletes her test key at the end (forced: consumers may remain)."""
+        try:
+            self.alice_bb.delete(ref, force=True)
+        except Exception:  # noqa: S110 - already gone
+            pass
+
     def _secret_ids(self):
-        return {s["secret_ref"].rsplit("/", 1)[1] for s in self.alice_bb.list_secrets(limit=100)}
+        """Every secret of alice's project (all pages), as Barbican lists them."""
+        ids, offset = set(), 0
+        while True:
+            r = self.alice.session.get(
+                f"{self.stack.cfg.barbican_url}/v1/secrets?limit=100&offset={offset}")
+            page = r.json()
+            ids |= {s["secret_ref"].rsplit("/", 1)[1] for s in page.get("secrets", [])}
+            offset += 100
+            if offset >= int(page.get("total", 0)):
+                return ids
 
     def _volume_file(self, volume_id):
         for root, _dirs, files in os.walk(os.path.join(self.tmp, "mnt")):
-            if "volume-%s" % volume_id in files:
-                return os.path.join(root, "volume-%s" % volume_id)
-        self.fail("no volume file for %s" % volume_id)
+            if f"volume-{volume_id}" in files:
+                return os.path.join(root, f"volume-{volume_id}")
+        self.fail(f"no volume file for {volume_id}")
 
     def _qemu_io_opens(self, path, passphrase: str) -> tuple[bool, str]:
         """Open the qcow2+LUKS file with qemu-io and read from it (an independent reader);
@@ -237,14 +261,14 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
             fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(passphrase)
-            info = subprocess.run(  # noqa: S603
+            info = subprocess.run(
                 ["qemu-img", "info", "--output=json", path], capture_output=True, text=True,
                 check=True)
             fmt = json.loads(info.stdout)["format"]
             # NfsDriver writes qcow2 with LUKS inside; an encrypted clone is a raw LUKS file.
             opts = {"qcow2": "driver=qcow2,encrypt.key-secret=s0,file.filename=",
                     "luks": "driver=luks,key-secret=s0,file.filename="}[fmt]
-            p = subprocess.run(  # noqa: S603
+            p = subprocess.run(
                 ["qemu-io", "--object", "secret,id=s0,file=" + keyfile, "--image-opts",
                  opts + path, "-c", "read 0 65536"], capture_output=True, text=True,
                 check=False)
@@ -303,6 +327,9 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
         self.assertEqual(raw, self.alice_bb.payload(ref, "application/octet-stream").reveal(),
                          "her key survives every delete")
         self.assertEqual([], self.alice_bb.consumers(ref))
+        record("user_key_lifecycle", key_is_hers=True, secrets_created=0,
+               consumers_while_in_use=len(consumers), opens_with_her_key=True,
+               opens_with_other_key=False, key_alive_after_deletes=True)
 
     def test_other_project_key_refused_nothing_stored(self):
         ref, _raw = self._user_key()
@@ -312,6 +339,7 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
         self.assertIn("not found or cannot be read", r.text)
         self.assertEqual(before, self._req(self.bob, "GET", "/volumes").json()["volumes"])
         self.assertEqual([], self.alice_bb.consumers(ref))
+        record("other_project_key", status=r.status_code, volumes_stored=0)
 
     def test_before_372_the_field_is_refused(self):
         ref, _raw = self._user_key()
@@ -336,12 +364,14 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
         self.assertEqual(202, r.status_code, r.text)
         self._wait(self.alice, "/volumes/" + vol["id"], "volume", "deleted")
         self.assertEqual(before, self._secret_ids(), "the service key goes with its volume")
+        record("service_key", owner="service", deleted_with_volume=True,
+               marked_by_backend=BACKEND == "byok")
 
     def test_unconverted_clone_path_contrast(self):
         """What a path the series did not convert does with her key: Cinder 29's own
         clone_encryption_key (get + store, no owner). The stock backend copies the key into a
         new secret; backend byok returns her key's id (its safety net). Recorded, not hidden."""
-        ref, raw = self._user_key()
+        ref, _raw = self._user_key()
         key_id = ref.secret_id
         ctxt = context.RequestContext(user_id=self.alice.user_id(),
                                       project_id=self.alice.project_id(),
@@ -350,8 +380,8 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
         before = self._secret_ids()
         new_id = volume_utils.clone_encryption_key(ctxt, km, key_id)
         created = self._secret_ids() - before
-        print("contrast backend=%s: clone_encryption_key(user key) -> %s, %d new secret(s)"
-              % (BACKEND, "same id" if new_id == key_id else "a copy", len(created)))
+        record("unconverted_clone_path", result="same id" if new_id == key_id else "a copy",
+               secrets_created=len(created))
         if BACKEND == "byok":
             self.assertEqual(key_id, new_id)
             self.assertEqual(set(), created)
@@ -359,6 +389,26 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
             self.assertNotEqual(key_id, new_id)
             self.assertEqual({new_id}, created)
             self.alice_bb.delete(key_ref(new_id))
+
+    def test_passphrase_user_key_volume(self):
+        from byok.sensitive import Sensitive
+
+        text = os.urandom(16).hex()
+        ref = self.alice_bb.store(Sensitive(text.encode()), secret_type="passphrase",
+                                  name="fn-user-passphrase")
+        self.addCleanup(self._forget, ref)
+        r = self._create_volume(self.alice, encryption_key_id=ref.secret_id)
+        self.assertEqual(202, r.status_code, r.text)
+        vol = self._wait(self.alice, "/volumes/" + r.json()["volume"]["id"], "volume",
+                         "available")
+        self.assertEqual("user", vol["encryption_key_owner"])
+        ok, out = self._qemu_io_opens(self._volume_file(vol["id"]), text)
+        self.assertTrue(ok, "a passphrase secret is the passphrase, verbatim: " + out)
+        r = self._req(self.alice, "DELETE", "/volumes/" + vol["id"])
+        self.assertEqual(202, r.status_code, r.text)
+        self._wait(self.alice, "/volumes/" + vol["id"], "volume", "deleted")
+        self.assertEqual(text.encode(), self.alice_bb.payload(ref, "text/plain").reveal())
+        record("passphrase_user_key", opens_with_text=True, key_alive_after_delete=True)
 
     def test_user_key_href_elsewhere_refused(self):
         ref, _raw = self._user_key()
