@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,29 @@ VENV = Path(os.environ.get("BYOK_OPENSTACK_VENV", ROOT / ".venv-openstack"))
 WORK = ROOT / ".byok" / "openstack"
 LINES: list[str] = []  # printed again at the end of the session (conftest)
 
-pytestmark = pytest.mark.stack
+# Each step runs a whole test suite in another venv: Cinder's unit tests in two trees take
+# 6 min on an idle 2-core machine and well over 15 min when other jobs share it.
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(3600)]
 
 
-def tier(step: str, *args: str, timeout: int = 1500) -> dict:
+SAY = [print]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _live_output(pytestconfig):
+    """Print the tier's lines as they come, past pytest's output capture (CI logs)."""
+    capman = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def say(line: str) -> None:
+        with capman.global_and_fixture_disabled():
+            print(line, flush=True)
+
+    SAY[0] = say
+    yield
+    SAY[0] = print
+
+
+def tier(step: str, *args: str, timeout: int = 3500) -> dict:
     python = VENV / "bin" / "python"
     if not python.exists():
         pytest.fail(f"{python} is missing: run ./dev openstack (installs Cinder 29, Nova 34)")
@@ -39,8 +57,7 @@ def tier(step: str, *args: str, timeout: int = 1500) -> dict:
     for line in proc.stdout:
         if line.startswith("[openstack]"):
             shown.append(line.rstrip())
-            sys.__stdout__.write(line)  # the counts belong in the CI log, captured or not
-            sys.__stdout__.flush()
+            SAY[0](line.rstrip())  # the counts belong in the CI log
     rc = proc.wait(timeout=timeout)
     LINES.extend(shown)
     assert rc == 0, "\n".join(shown) or f"run.py {step} exited {rc}"
