@@ -167,6 +167,18 @@ def fake_paths() -> set[str]:
     return set(glob.glob("/fake*"))
 
 
+def clean_fake_leftovers() -> list[str]:
+    """Remove /fake* trees an earlier (interrupted) run left: only trees of empty
+    directories, which is all those tests create; anything holding a file is kept."""
+    removed = []
+    for path in sorted(fake_paths()):
+        if os.path.isdir(path) and not os.path.islink(path) and not any(
+                files for _root, _dirs, files in os.walk(path)):
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
 def stestr(tree: Path, modules: list[str], *, label: str, workers: int, env=None) -> dict:
     """Run ``modules`` with stestr in ``tree``; each label has its own selection package,
     config and repository, so runs in one tree do not disturb each other."""
@@ -184,6 +196,7 @@ def stestr(tree: Path, modules: list[str], *, label: str, workers: int, env=None
     environ = dict(os.environ, BYOK_TEST_MODULES=str(listing), PYTHONDONTWRITEBYTECODE="1",
                    OS_STDOUT_CAPTURE="1", OS_STDERR_CAPTURE="1", OS_LOG_CAPTURE="1",
                    **(env or {}))
+    leftovers = clean_fake_leftovers()
     before = fake_paths()
     t0 = time.monotonic()
     out = WORK / f"{label}.log"
@@ -193,7 +206,7 @@ def stestr(tree: Path, modules: list[str], *, label: str, workers: int, env=None
              "--concurrency", str(workers), "--subunit"],
             cwd=tree, env=environ, stdout=subprocess.PIPE, stderr=f, check=False)
     seconds = time.monotonic() - t0
-    created = sorted(fake_paths() - before)
+    created = sorted((fake_paths() - before) | set(leftovers))
     for path in created:  # root-only quirk: tests that write under /fake*; clean, not skip
         shutil.rmtree(path, ignore_errors=True)
     result = parse_subunit(proc.stdout)
