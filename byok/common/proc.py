@@ -377,7 +377,7 @@ def pid_cwd(pid: int) -> Path | None:
 
 @contextlib.contextmanager
 def secret_fd(secret: Sensitive, name: str = "byok-secret") -> Iterator[tuple[int, str]]:
-    """An in-memory file (memfd) holding ``secret``; yields ``(fd, "/dev/fd/N")``.
+    """An in-memory file (memfd) holding ``secret``; yields ``(fd, "/proc/self/fd/N")``.
 
     Pass ``fd`` in ``pass_fds`` and the path as a key-file argument: the child reads the secret
     from memory, nothing is written to disk, and the file vanishes when the fd closes.
@@ -386,6 +386,6 @@ def secret_fd(secret: Sensitive, name: str = "byok-secret") -> Iterator[tuple[in
     try:
         os.write(fd, secret.reveal())
         os.lseek(fd, 0, os.SEEK_SET)
-        yield fd, f"/dev/fd/{fd}"
+        yield fd, f"/proc/self/fd/{fd}"  # /dev/fd is missing in a guest's bare devtmpfs
     finally:
         os.close(fd)

@@ -13,15 +13,17 @@ Step ops: those a job's ``op_modules`` add (the attach layer's os-brick steps,
 for comparison),
 ``write``/``sha256`` (deterministic patterns through a device), ``wait`` (pause until the host
 answers), ``parallel_open`` (N concurrent opens with a memory sampler), ``dm_slices`` (carve one
-disk into linear dm devices), ``meminfo``, ``shell``.
+disk into linear dm devices), ``meminfo``, ``shell``, ``run`` (a command naming disks and keys).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
 import os
+import re
 import struct
 import sys
 import threading
@@ -217,6 +219,29 @@ class Agent:
             "peak_used_kib": used_peak[0],
             "mem_total_kib": base["MemTotal"],
         }
+
+    def op_run(self, step: dict) -> dict:
+        """A command with ``{disk:NAME}`` replaced by that disk's device and ``{key:NAME}`` by a
+        memfd holding that key (never a file); ``stdin`` names a key fed on stdin."""
+        with contextlib.ExitStack() as es:
+            fds: list[int] = []
+
+            def expand(arg: str) -> str:
+                for kind, name in re.findall(r"\{(disk|key):([^}]+)\}", arg):
+                    if kind == "disk":
+                        value = self.disks[name]["dev"]
+                    else:
+                        fd, value = es.enter_context(
+                            proc.secret_fd(Sensitive(self.secrets[name]), "byok-key"))
+                        fds.append(fd)
+                    arg = arg.replace(f"{{{kind}:{name}}}", value)
+                return arg
+
+            argv = [expand(a) for a in step["argv"]]
+            stdin = Sensitive(self.secrets[step["stdin"]]) if step.get("stdin") else None
+            r = proc.run(argv, input=stdin, check=False, timeout=step.get("timeout", 300),
+                         pass_fds=fds)
+        return {"exit_code": r.returncode, "stdout": r.out[-2000:], "stderr": r.err[-2000:]}
 
     def op_shell(self, step: dict) -> dict:
         r = proc.run(step["argv"], check=False, timeout=step.get("timeout", 300))
