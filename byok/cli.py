@@ -769,6 +769,12 @@ def _recover_parser(sub, fmt) -> None:
             "Barbican: --key-file with the raw key bytes of a symmetric secret (the passphrase\n"
             "is derived as os-brick does), or --passphrase-file with a passphrase secret.\n"
             "A wrong key exits with status 5 and writes nothing. The output is sparse.\n\n"
+            "A LUKS2 volume caught in the middle of 'cryptsetup reencrypt' is read as\n"
+            "cryptsetup's own repair would (each segment with its own key, the hotzone from\n"
+            "its checksums, journal or moved copy), each keyslot only for the segments its\n"
+            "digest is bound to. Bytes that cannot be vouched for (resilience 'none'\n"
+            "interrupted, a hotzone block nothing explains) are refused: exit 15, nothing\n"
+            "written, the byte ranges and why on stderr (--json: on stdout).\n\n"
             "Example:\n"
             "  byok recover vol.img --key-file my-key.bin --out vol.plain"
         ),
@@ -791,7 +797,7 @@ def _recover(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from byok import recovery
-    from byok.errors import WrongKey
+    from byok.errors import RecoveryRefused, WrongKey
 
     candidates = recovery.read_passphrase(key_file=args.key_file,
                                           passphrase_file=args.passphrase_file)
@@ -812,6 +818,16 @@ def _recover(args: argparse.Namespace) -> int:
                 break
             except WrongKey as e:
                 last = e
+            except RecoveryRefused as e:
+                if args.json:
+                    out.print_json(json.dumps({
+                        "refused": [{"start": a, "end": b, "bytes": b - a, "why": why}
+                                    for a, b, why in e.ranges],
+                        "reencryption": e.state}))
+                else:
+                    for a, b, why in e.ranges[:20]:
+                        err.print(f"refused: bytes {a}-{b - 1} ({b - a} bytes): {why}")
+                raise
         else:
             assert last is not None
             raise last
@@ -819,9 +835,14 @@ def _recover(args: argparse.Namespace) -> int:
         out.print_json(json.dumps(summary))
     else:
         where = "checked (nothing written)" if args.check else f"to {args.out}"
+        keys = ", ".join(f"digest {d} from keyslot {k['keyslot']}"
+                         for d, k in summary["keys"].items()) or "no key needed"
+        state = summary["reencryption"]
+        how = "" if state["status"] == "none" else (
+            f"; interrupted {state['mode']} ({state['resilience']}), state {state['status']}")
         out.print(f"recovered {summary['plaintext_bytes']} bytes {where} "
-                  f"(LUKS{summary['luks_version']}, keyslot {summary['slot']}, "
-                  f"{summary['seconds']} s, {summary['backend']})")
+                  f"(LUKS{summary['luks_version']}, {keys}{how}, {summary['seconds']} s, "
+                  f"{summary['backend']})")
     return 0
 
 

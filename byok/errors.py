@@ -173,6 +173,28 @@ class RecoveryError(ByokError):
     exit_code = 15
 
 
+class RecoveryRefused(RecoveryError):
+    """Recovery would have to answer with bytes it cannot vouch for: it names the byte ranges
+    of the plaintext device and why, and writes nothing."""
+
+    def __init__(self, message: str, *, ranges: list[tuple[int, int, str]] | None = None,
+                 state: dict | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.ranges = ranges or []
+        self.state = state or {}
+
+    @classmethod
+    def from_ranges(cls, ranges: list[tuple[int, int, str]], *, state: dict | None = None
+                    ) -> RecoveryRefused:
+        total = sum(b - a for a, b, _ in ranges)
+        shown = "; ".join(f"bytes {a}-{b - 1}: {why}" for a, b, why in ranges[:3])
+        more = f" (and {len(ranges) - 3} more ranges)" if len(ranges) > 3 else ""
+        return cls(f"refusing to recover: {total} bytes cannot be vouched for — {shown}{more}; "
+                   "nothing was written", ranges=ranges, state=state,
+                   hint="keep the image as it is; 'byok recover --check --json' lists every "
+                   "range")
+
+
 class ExperimentError(ByokError):
     """The research harness could not run or report an experiment."""
 
