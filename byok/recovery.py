@@ -392,19 +392,19 @@ def plan(image: Path, *, passphrase: Sensitive, header: Path | None = None) -> P
     exts = reencstate.extents(st, device_size)
     p = Plan(h, st, sum(e.length for e in exts), notes={"header_file": hdr_file})
 
-    wanted: set[int] = set()
+    need: set[int] = set()  # digests some data cannot be read without
     for e in exts:
         if e.segment.type == "crypt" and not e.segment.hot:
-            wanted |= {d.id for d in reencstate.digest_of_segment(h, e.segment.id)}
-    if st.slot is not None:
-        wanted |= {d for d in (st.digest_old, st.digest_new) if d is not None}
-    if wanted:
-        if not h.keyslots:
-            raise RecoveryError("the header has no active keyslot")
-        p.keys = unlock_digests(h, hdr_file, passphrase, wanted)
-        if not p.keys:
-            raise WrongKey("no keyslot bound to the data of this header opens with the given "
-                           "key")
+            need |= {d.id for d in reencstate.digest_of_segment(h, e.segment.id)}
+    reenc = {d for d in (st.digest_old, st.digest_new) if d is not None}
+    if any(e.segment.hot for e in exts):
+        need |= reenc
+    if need and not h.keyslots:
+        raise RecoveryError("the header has no active keyslot")
+    if need or reenc:
+        p.keys = unlock_digests(h, hdr_file, passphrase, need | reenc)
+    if need and not need & set(p.keys):
+        raise WrongKey("no keyslot bound to the data of this header opens with the given key")
     verified = None
     if st.slot is not None:
         old_vk, new_vk = (p.keys[d].volume_key.reveal() if d in p.keys else None

@@ -6,8 +6,8 @@ once to count its ``write(2)`` calls; then for every N it is run again under
 ``strace -f -e inject=write:signal=KILL:when=N`` — killed on entering its Nth write, so writes
 1..N-1 reached the file and the Nth did not. A *torn* variant lets only a prefix of the Nth
 write reach the file (what a power cut leaves), cut at 512-byte but not 4 KiB alignment: an
-LD_PRELOAD fault injector (``fault_torn_write.c``, built at run time) writes the prefix and
-kills the process inside that call.
+LD_PRELOAD fault injector (``fault_inject.c``, built at run time) writes the prefix and kills
+the process inside that call.
 
 Each crashed state is judged twice, on separate copies:
 
@@ -184,21 +184,45 @@ def kill_at(base: Base, n: int, tag: str = "k") -> Crashed:
     return Crashed(n, "kill", img, hdr, r.returncode != 0)
 
 
-def _torn_preload(workdir: Path) -> Path:
-    """Build the LD_PRELOAD torn-write injector (fault_torn_write.c) once per work dir."""
-    so = workdir / "fault_torn_write.so"
+def injector(workdir: Path) -> Path:
+    """Build the LD_PRELOAD fault injector (fault_inject.c) once per work dir."""
+    so = workdir / "fault_inject.so"
     if not so.exists():
-        src = Path(__file__).with_name("fault_torn_write.c")
+        src = Path(__file__).with_name("fault_inject.c")
         proc.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(so), str(src), "-ldl"], timeout=120,
-                 what="build the torn-write fault injector")
+                 what="build the crash lab's fault injector")
     return so
+
+
+def fault_env(workdir: Path, at: int, *, exe: str | None = None, torn: int | None = None,
+              group: bool = False, writes_only: bool = False) -> dict[str, str]:
+    """Environment that loads the injector: fail call number ``at`` (0: only count)."""
+    counter = workdir / "fault.counter"
+    counter.unlink(missing_ok=True)
+    env = {"LD_PRELOAD": str(injector(workdir)), "BYOK_FAULT_COUNTER": str(counter),
+           "BYOK_FAULT_AT": str(at)}
+    if exe:
+        env["BYOK_FAULT_EXE"] = exe
+    if torn is not None:
+        env["BYOK_FAULT_TORN_BYTES"] = str(torn)
+    if group:
+        env["BYOK_FAULT_KILL"] = "group"
+    if writes_only:
+        env["BYOK_FAULT_WRITES_ONLY"] = "1"
+    return env
+
+
+def counted(workdir: Path) -> int:
+    try:
+        return int((workdir / "fault.counter").read_text() or 0)
+    except FileNotFoundError:
+        return 0
 
 
 def torn_at(base: Base, n: int, keep: int) -> Crashed:
     """Write ``n`` reaches the disk only for its first ``keep`` bytes, then SIGKILL."""
     img, hdr, argv = _prepare(base, f"t{n}-{keep}")
-    env = {**os.environ, "LD_PRELOAD": str(_torn_preload(base.workdir)),
-           "BYOK_FAULT_TORN_AT": str(n), "BYOK_FAULT_TORN_BYTES": str(keep)}
+    env = {**os.environ, **fault_env(base.workdir, n, torn=keep, writes_only=True)}
     r = proc.run(["cryptsetup", *argv, "--key-file=-"], input=base.passphrase, check=False,
                  timeout=120, env=env, what="cryptsetup (torn write)")
     return Crashed(n, f"torn@{keep}", img, hdr, r.returncode != 0)
@@ -302,10 +326,12 @@ class Tally:
 
 def enumerate_shape(shape: Shape, workdir: Path, *, every: int = 1, torn_every: int = 1,
                     torn_fractions: tuple[float, ...] = (0.3, 0.7), torn_min_bytes: int = 8192,
-                    compare: bool = True, on_state=None) -> tuple[Base, Tally]:
+                    compare_every: int = 1, on_state=None) -> tuple[Base, Tally]:
     """Kill the shape's re-encryption at every ``every``-th write (all of them with 1) and once
     after the last; tear every ``torn_every``-th write of at least ``torn_min_bytes``; judge
-    each state. ``on_state(crashed, byok, cryptsetup)`` is called per state."""
+    each state. cryptsetup's own repair + resume is compared on every ``compare_every``-th
+    state and on every state byok refuses (0: never). ``on_state(crashed, byok, cryptsetup)``
+    is called per state."""
     base = build(shape, workdir)
     total = count_writes(base)
     kills = {n for n in range(1, total + 2) if (n - 1) % every == 0} | {total + 1}
@@ -316,18 +342,19 @@ def enumerate_shape(shape: Shape, workdir: Path, *, every: int = 1, torn_every: 
         if n in tears:
             for cut in tear_points(base.sizes[n - 1], torn_fractions):
                 t = torn_at(base, n, cut)
-                _judge(base, t, tally, compare, on_state)
+                _judge(base, t, tally, compare_every, on_state)
                 cleanup(t)
         if n in kills:
             c = kill_at(base, n)
-            _judge(base, c, tally, compare, on_state)
+            _judge(base, c, tally, compare_every, on_state)
             cleanup(c)
     return base, tally
 
 
-def _judge(base: Base, c: Crashed, tally: Tally, compare: bool, on_state) -> None:
+def _judge(base: Base, c: Crashed, tally: Tally, compare_every: int, on_state) -> None:
     b = judge_byok(base, c)
-    cs = judge_cryptsetup(base, c) if compare else None
+    due = compare_every and (tally.tried % compare_every == 0 or b != "exact")
+    cs = judge_cryptsetup(base, c) if due else None
     tally.add(c, b, cs)
     if on_state is not None:
         on_state(c, b, cs)
