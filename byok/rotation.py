@@ -534,13 +534,22 @@ def finish_reencryption(path: Path, pw: Sensitive) -> str:
                 f"{st.slot.resilience!r} is not one byok finishes; nothing was changed",
                 hint="finish it with cryptsetup, or recover offline: byok recover --check")
         p = recovery.plan(path, passphrase=pw)
-        if p.notes.get("metadata_verified") is not True:
-            raise RotationError(f"{path.name}: the re-encryption metadata cannot be verified "
-                                "with this key (it must open the old and the new volume key); "
-                                "nothing was changed")
         if p.refused:
             a, b, why = p.refused[0]
             raise RotationError(f"{path.name}: cannot tell what bytes {a}-{b - 1} hold ({why}); "
+                                "nothing was changed")
+        done = st.status == reencstate.CLEAN and all(
+            d.id == st.digest_new for seg in st.data
+            for d in reencstate.digest_of_segment(h, seg.id))
+        if done and st.digest_new in p.keys:
+            # All data is in the new key (its digest verified the key); only the teardown is
+            # missing, which needs no reencrypt metadata — and cryptsetup's resume must not run.
+            _finalise(path, st)
+            steps.append("metadata finalised by byok")
+            continue
+        if p.notes.get("metadata_verified") is not True:
+            raise RotationError(f"{path.name}: the re-encryption metadata cannot be verified "
+                                "with this key (it must open the old and the new volume key); "
                                 "nothing was changed")
         if st.status == reencstate.CRASH:
             torn = [pc for pc in p.pieces if pc.how == "bytes"]
@@ -549,11 +558,6 @@ def finish_reencryption(path: Path, pw: Sensitive) -> str:
                 steps.append(f"{len(torn)} torn hotzone blocks rewritten")
             luks.repair(path, pw)
             steps.append("repaired")
-            continue
-        if all(d.id == st.digest_new for seg in st.data
-               for d in reencstate.digest_of_segment(h, seg.id)):
-            _finalise(path, st)
-            steps.append("metadata finalised by byok")
             continue
         luks.reencrypt(path, pw, resume=True)
         steps.append("resumed")

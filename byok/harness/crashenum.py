@@ -195,12 +195,16 @@ def injector(workdir: Path) -> Path:
 
 
 def fault_env(workdir: Path, at: int, *, exe: str | None = None, torn: int | None = None,
-              group: bool = False, writes_only: bool = False) -> dict[str, str]:
+              group: bool = False, writes_only: bool = False,
+              log: bool = False) -> dict[str, str]:
     """Environment that loads the injector: fail call number ``at`` (0: only count)."""
     counter = workdir / "fault.counter"
     counter.unlink(missing_ok=True)
     env = {"LD_PRELOAD": str(injector(workdir)), "BYOK_FAULT_COUNTER": str(counter),
            "BYOK_FAULT_AT": str(at)}
+    if log:
+        (workdir / "fault.log").unlink(missing_ok=True)
+        env["BYOK_FAULT_LOG"] = str(workdir / "fault.log")
     if exe:
         env["BYOK_FAULT_EXE"] = exe
     if torn is not None:
@@ -210,6 +214,15 @@ def fault_env(workdir: Path, at: int, *, exe: str | None = None, torn: int | Non
     if writes_only:
         env["BYOK_FAULT_WRITES_ONLY"] = "1"
     return env
+
+
+def calls(workdir: Path) -> list[tuple[int, str, int, str]]:
+    """The counted calls of the last ``log=True`` run: (n, kind, bytes, executable)."""
+    out = []
+    for line in (workdir / "fault.log").read_text().splitlines():
+        n, kind, size, exe = line.split(" ", 3)
+        out.append((int(n), kind, int(size), exe))
+    return sorted(out)
 
 
 def counted(workdir: Path) -> int:

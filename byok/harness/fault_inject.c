@@ -14,7 +14,8 @@
  * BYOK_FAULT_EXE=name counts only in processes whose executable is called name (e.g.
  * "cryptsetup": the calls of byok's own Python process pass uncounted); BYOK_FAULT_WRITES_ONLY
  * counts write(2) alone (the numbering of strace -e inject=write:...:when=N). With BYOK_FAULT_AT=0
- * nothing is injected: the counter just counts (how many calls an operation makes).
+ * nothing is injected: the counter just counts (how many calls an operation makes);
+ * BYOK_FAULT_LOG=file appends one line per counted call: "n kind bytes exe".
  * Only the test harness loads it; it is built from this file at run time, never installed.
  */
 #define _GNU_SOURCE
@@ -42,6 +43,26 @@ static int enabled(void) {
         }
     }
     return active;
+}
+
+static void note(long n, const char *kind, size_t bytes) {
+    const char *log = getenv("BYOK_FAULT_LOG");
+    if (!log || n <= 0)
+        return;
+    int fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    char exe[4096], line[4200];
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[k > 0 ? k : 0] = 0;
+    const char *base = strrchr(exe, '/');
+    int len = snprintf(line, sizeof line, "%ld %s %zu %s\n", n, kind, bytes, base ? base + 1 : exe);
+    static ssize_t (*real)(int, const void *, size_t);
+    if (!real)
+        real = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    if (real(fd, line, (size_t)len) < 0)
+        len = 0;
+    close(fd);
 }
 
 /* This call's number in the tree-wide sequence (1-based); 0 if not counting. */
@@ -81,6 +102,7 @@ ssize_t write(int fd, const void *buf, size_t len) {
     if (!real)
         real = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
     long n = next_call();
+    note(n, "write", len);
     if (hit(n)) {
         const char *b = getenv("BYOK_FAULT_TORN_BYTES");
         if (b) {
@@ -109,8 +131,12 @@ ssize_t write(int fd, const void *buf, size_t len) {
         static int(*real) proto;                                                             \
         if (!real)                                                                           \
             real = (int(*) proto)dlsym(RTLD_NEXT, #name);                                    \
-        if (!getenv("BYOK_FAULT_WRITES_ONLY") && hit(next_call()))                          \
-            die();                                                                           \
+        if (!getenv("BYOK_FAULT_WRITES_ONLY")) {                                            \
+            long n = next_call();                                                            \
+            note(n, #name, 0);                                                               \
+            if (hit(n))                                                                      \
+                die();                                                                       \
+        }                                                                                    \
         return real args;                                                                    \
     }
 

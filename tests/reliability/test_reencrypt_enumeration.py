@@ -48,7 +48,7 @@ def _record(shape: ce.Shape, tally: ce.Tally) -> None:
 def test_every_crashed_state_is_recovered_exactly_or_refused(tmp_path, shape, every, torn,
                                                              compare):
     fractions = (0.3, 0.7) if (torn or FULL) else ()
-    base, tally = ce.enumerate_shape(
+    _base, tally = ce.enumerate_shape(
         shape, tmp_path / "lab", every=1 if FULL else every, torn_every=1 if FULL else torn or 1,
         torn_fractions=fractions, torn_min_bytes=64 << 10, compare_every=1 if FULL else compare)
     _record(shape, tally)
