@@ -273,8 +273,25 @@ def judge_byok(base: Base, c: Crashed) -> str:
     return _recover(base, c.image, c.header, base.workdir / "byok.out")
 
 
-def judge_cryptsetup(base: Base, c: Crashed) -> str:
-    """cryptsetup repair + reencrypt --resume-only on a copy, then the plaintext compared."""
+def judge_byok_finish(base: Base, c: Crashed) -> str:
+    """byok's own finish (:func:`byok.rotation.finish_reencryption`) on a copy: exact |
+    refused (a typed error, nothing changed) | wrong. Reencrypt-mode shapes only."""
+    from byok import rotation
+
+    img = base.workdir / "finish.img"
+    shutil.copyfile(c.image, img)
+    try:
+        rotation.finish_reencryption(img, base.passphrase)
+    except ByokError:
+        return "refused"
+    verdict = _recover(base, img, None, base.workdir / "finish.out")
+    img.unlink()
+    return "refused" if verdict.startswith("refused") else verdict
+
+
+def judge_cryptsetup(base: Base, c: Crashed, *, repair: bool = True) -> str:
+    """cryptsetup repair + reencrypt --resume-only on a copy, then the plaintext compared
+    (``repair=False``: --resume-only alone)."""
     img = base.workdir / "cs.img"
     shutil.copyfile(c.image, img)
     hdr = None
@@ -283,7 +300,8 @@ def judge_cryptsetup(base: Base, c: Crashed) -> str:
         hdr = base.workdir / "cs.hdr"
         shutil.copyfile(c.header, hdr)
         hargs = ["--header", str(hdr)]
-    _cs(["repair", "--batch-mode", *hargs, str(img)], base.passphrase)
+    if repair:
+        _cs(["repair", "--batch-mode", *hargs, str(img)], base.passphrase)
     _cs(["reencrypt", "--batch-mode", "--force-offline-reencrypt", "--resume-only", *hargs,
          str(img)], base.passphrase)
     try:
@@ -374,4 +392,5 @@ def _judge(base: Base, c: Crashed, tally: Tally, compare_every: int, on_state) -
 
 
 __all__ = ["Base", "Crashed", "Shape", "Tally", "build", "count_writes", "enumerate_shape",
-           "judge_byok", "judge_cryptsetup", "kill_at", "tear_points", "torn_at"]
+           "judge_byok", "judge_byok_finish", "judge_cryptsetup", "kill_at", "tear_points",
+           "torn_at"]
