@@ -335,7 +335,7 @@ def _key_delete(args: argparse.Namespace) -> int:
 
 # --- bench -------------------------------------------------------------------------------------
 
-BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "suite")
+BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "crash", "suite")
 
 
 def _bench_parser(sub, fmt) -> None:
@@ -362,7 +362,7 @@ def _bench(args: argparse.Namespace) -> int:
     import platform
     import time
 
-    from byok.bench import attach, parallel, recover, rekey, resolve, suite
+    from byok.bench import attach, crash, parallel, recover, rekey, resolve, suite
     from byok.stack.manager import Stack
 
     results: dict = {"host": {"kernel": platform.release(), "cpus": os.cpu_count(),
@@ -383,6 +383,7 @@ def _bench(args: argparse.Namespace) -> int:
             "parallel": parallel.run,
             "recover": recover.run,
             "rekey": rekey.run,
+            "crash": crash.run,
             "suite": lambda: suite.run(stack) if stack else {"skipped": "needs the embedded stack"},
         }
         for name in wanted:

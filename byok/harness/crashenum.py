@@ -361,8 +361,8 @@ def enumerate_shape(shape: Shape, workdir: Path, *, every: int = 1, torn_every: 
     """Kill the shape's re-encryption at every ``every``-th write (all of them with 1) and once
     after the last; tear every ``torn_every``-th write of at least ``torn_min_bytes``; judge
     each state. cryptsetup's own repair + resume is compared on every ``compare_every``-th
-    state and on every state byok refuses (0: never). ``on_state(crashed, byok, cryptsetup)``
-    is called per state."""
+    state and on every state byok refuses (0: never). ``on_state(base, crashed, byok,
+    cryptsetup)`` is called per state, before the state's files are removed."""
     base = build(shape, workdir)
     total = count_writes(base)
     kills = {n for n in range(1, total + 2) if (n - 1) % every == 0} | {total + 1}
@@ -388,7 +388,7 @@ def _judge(base: Base, c: Crashed, tally: Tally, compare_every: int, on_state) -
     cs = judge_cryptsetup(base, c) if due else None
     tally.add(c, b, cs)
     if on_state is not None:
-        on_state(c, b, cs)
+        on_state(base, c, b, cs)
 
 
 __all__ = ["Base", "Crashed", "Shape", "Tally", "build", "count_writes", "enumerate_shape",
