@@ -187,14 +187,32 @@ def test_service_created_keys_are_marked_and_really_deleted(km, identities, barb
             barbican("alice").secret(KeyRef(k))
 
 
-def test_session_reuse_means_one_token_for_many_gets(km, identities, make_key):
+def test_session_reuse_means_one_token_for_many_gets(km, identities, make_key, monkeypatch,
+                                                     stack):
+    """Count the tokens Keystone actually issues (each POST /v3/auth/tokens answered 201)
+    while the castellan backend serves many gets for one credential: one, not one per get."""
+    from keystoneauth1 import session as ks_session
+
     ref, _ = make_key("alice")
     ctx = identities("alice").castellan_context()
-    clients = {id(km._get_barbican_client(ctx)) for _ in range(5)}
-    assert len(clients) == 1
-    for _ in range(3):
-        km.get(ctx, ref.secret_id)
-    assert len(km._clients) >= 1
+    issued: list[str] = []
+    real = ks_session.Session.request
+
+    def counting(self, url, method, **kwargs):
+        resp = real(self, url, method, **kwargs)
+        if method.upper() == "POST" and url.rstrip("/").endswith("/auth/tokens") \
+                and resp.status_code == 201:
+            issued.append(resp.headers.get("X-Subject-Token", ""))
+        return resp
+
+    monkeypatch.setattr(ks_session.Session, "request", counting)
+    for _ in range(5):
+        assert km.get(ctx, ref.secret_id).get_encoded()
+    assert len(issued) == 1, f"{len(issued)} tokens issued for 5 gets"
+    # The count can move: a fresh key manager (no cached session) must authenticate again.
+    other = key_manager.API(configure(auth_url=stack.cfg.keystone_url, backend="byok"))
+    other.get(ctx, ref.secret_id)
+    assert len(issued) == 2, f"{len(issued)} tokens: a fresh key manager reused a session?"
 
 
 @pytest.mark.parametrize(

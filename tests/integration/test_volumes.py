@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from byok import guard, keys, luks, recovery
-from byok.errors import KeyAccessDenied, VolumeBusy, WrongKey
+from byok.errors import KeyAccessDenied, NotLuks, VolumeBusy, WrongKey
 from byok.pattern import pattern
 from byok.volumes import Pool, VolumeService
 
@@ -152,7 +152,8 @@ def test_header_backup_brings_back_a_zeroed_header(svc, make_key):
     path = svc.pool.path(vol.id)
     with open(path, "r+b") as f:
         f.write(bytes(64 << 10))
-    with pytest.raises(Exception):  # noqa: B017 - NotLuks or HeaderCorrupt, both are right
+    # Both header copies (0 and 16 KiB) are gone and no LUKS magic is left: "not LUKS".
+    with pytest.raises(NotLuks, match="not a LUKS volume"):
         luks.test_key(path, pw_of(svc, ref))
     svc.header_restore(vol.id)
     assert luks.test_key(path, pw_of(svc, ref)) == 0
