@@ -159,10 +159,11 @@ def _rotate(svc, rid: str, new_key_ref: str, policy: str | None, journal: Journa
     doc["phase"] = "removed"
     journal.write(doc)
     crash_point("removed")
-    return _finish(svc, rid, doc, journal, old_km.ref.href)
+    return _finish(svc, rid, doc, journal, old_km.ref.href, old_pw)
 
 
-def _finish(svc, rid: str, doc: dict, journal: Journal, old_ref: str):
+def _finish(svc, rid: str, doc: dict, journal: Journal, old_ref: str,
+            old_pw: Sensitive | None):
     pool = svc.pool
     rec = pool.load(rid)
     rec.key_ref = doc["new_ref"]
@@ -173,7 +174,7 @@ def _finish(svc, rid: str, doc: dict, journal: Journal, old_ref: str):
     pool.save(rec)
     crash_point("saved")
     svc._release(dataclasses.replace(rec, key_ref=old_ref))  # no longer a consumer of the old key
-    _retire_backups(svc, rid, doc, old_ref)
+    _retire_backups(svc, rid, old_pw)
     journal.clear()
     return rec
 
@@ -203,15 +204,15 @@ def _restore_sealed(path: Path, backup: Path, pw: Sensitive, rid: str) -> None:
         sealed.shred(plain)
 
 
-def _retire_backups(svc, rid: str, doc: dict, old_ref: str | None) -> None:
+def _retire_backups(svc, rid: str, old_pw: Sensitive | None) -> None:
     """After a verified rotation or re-encryption: shred its sealed pre-rotation backup and
-    leftovers, and every plain header backup of ``rid`` that still opens with the old key —
+    leftovers, and every plain header backup of ``rid`` that still opens with the old key
+    (``old_pw``; None: the old key is gone, nothing can open them with it) —
     ``header-restore`` refuses those, so they could only serve the revoked key."""
     headers = svc.pool.root / "headers"
     for f in headers.glob(f"{rid}-*"):
         if f.name.endswith((sealed.SUFFIX, ".plain", ".tmp", ".finalise.hdr")):
             sealed.shred(f)
-    old_pw = _passphrase_if_available(svc, old_ref) if old_ref else None
     if old_pw is None:
         return
     for f in headers.glob(f"{rid}-*.hdr"):
@@ -287,7 +288,7 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
         doc["phase"] = "removed"
         doc["resumed"] = True
         journal.write(doc)
-        return _finish(svc, rid, doc, journal, old_ref)
+        return _finish(svc, rid, doc, journal, old_ref, old_pw)
     if old_slot is None:
         raise RotationError(
             f"{rid}: only the new key was added, but Barbican no longer gives the new key and "
@@ -454,7 +455,7 @@ def _reencrypt_continue(svc, rid: str, doc: dict, journal: Journal, policy: str 
     crash_point("reencrypt:saved")
     if doc["old_ref"] != doc["new_ref"]:  # no longer a consumer of the old key (idempotent)
         svc._release(dataclasses.replace(rec, key_ref=doc["old_ref"]))
-    _retire_backups(svc, rid, doc, doc["old_ref"])
+    _retire_backups(svc, rid, old_pw)
     journal.clear()
     return rec, float(doc.get("seconds") or 0.0)
 
