@@ -128,14 +128,20 @@ class LuksHeader:
     hdr_size: int = 0  # LUKS2: bytes of one header copy (binary header + JSON area)
     #: LUKS2: seqid of the other header copy if it is valid (None: absent or damaged)
     other_seqid: int | None = None
+    #: LUKS2: the seqid field of the other copy when that copy fails its checksum
+    other_torn_seqid: int | None = None
 
     @property
     def commit_in_flight(self) -> bool:
-        """The copy read is newer than the other, still valid, copy: cryptsetup writes the
-        primary, then the secondary, and starts nothing else before both are written — so the
-        process stopped inside this very header write, after nothing else."""
-        return (self.version == 2 and not self.used_secondary and self.other_seqid is not None
-                and self.other_seqid < self.seqid)
+        """The process stopped inside this very header write, after nothing else: cryptsetup
+        writes the primary copy, then the secondary (its binary header first, with the new
+        seqid), and starts nothing else before both are written. So: the primary was read, and
+        the secondary is either valid and older, or torn with this commit's seqid."""
+        if self.version != 2 or self.used_secondary:
+            return False
+        if self.other_seqid is not None:
+            return self.other_seqid < self.seqid
+        return self.other_torn_seqid == self.seqid
 
     @property
     def cipher(self) -> str:
@@ -282,6 +288,7 @@ def parse_luks2(data: bytes) -> LuksHeader:
     """Parse the newest valid copy of a LUKS2 header (primary, else secondary)."""
     candidates = []
     errors = []
+    torn_seqids: list[int] = []
     offsets = [0]
     try:
         if data[:6] == MAGIC1:
@@ -302,13 +309,17 @@ def parse_luks2(data: bytes) -> LuksHeader:
             candidates.append((fields["seqid"], off, fields, meta))
         except (HeaderCorrupt, ValueError, UnicodeDecodeError) as e:
             errors.append(f"{off:#x}: {e}")
+            if len(data) >= off + 24:  # a copy caught mid-write still shows the seqid it gets
+                torn_seqids.append(struct.unpack_from(">Q", data, off + 16)[0])
     if not candidates:
         raise HeaderCorrupt("no valid LUKS2 header copy: " + "; ".join(errors or ["none found"]))
     _seqid, off, fields, meta = max(candidates, key=lambda c: (c[0], -c[1]))
     others = [c[0] for c in candidates if c[1] != off]
     try:
         h = _luks2_from_json(fields, meta, used_secondary=off != 0)
-        return replace(h, other_seqid=max(others)) if others else h
+        if others:
+            return replace(h, other_seqid=max(others))
+        return replace(h, other_torn_seqid=max(torn_seqids)) if torn_seqids else h
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HeaderCorrupt(f"LUKS2 JSON metadata is malformed: {type(e).__name__}: {e}") from None
 
