@@ -56,6 +56,12 @@ def run(*, shapes: list[ce.Shape] | None = None, finish: bool = True,
                 time.perf_counter() - t0, 1)}
             if finished:
                 rec["byok_finish"] = finished
+            if tally.wrong_states and shape.mode == "encrypt" and shape.header == "detached":
+                rec["note"] = ("wrong states: cryptsetup killed between writing the detached "
+                               "header (luksFormat: a crypt segment, no requirement) and marking "
+                               "it for encryption — the header claims encryption over data that "
+                               "is still plaintext; no reader can tell it from a fresh volume "
+                               "(design/upstream/cryptsetup-reencrypt-resume.md, finding 3)")
             out["shapes"][shape.name] = rec
             if progress:
                 progress(f"{shape.name}: {tally.tried} states, byok {tally.byok}, "
