@@ -3,13 +3,14 @@
  *
  * Why this exists: recovery decrypts every sector with its own tweak (dm-crypt's plain64 IV).
  * The `cryptography` package builds a new cipher context for every sector (key schedule and
- * context allocation each time, ~1.5 us measured here), which caps per-sector decryption at
- * ~0.3 GB/s at 512-byte sectors. Changing only the IV of one live EVP context costs little:
- * EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, enc) keeps the expanded keys, so one context per
- * call and one IV reset per sector run at OpenSSL's own speed (3.1-3.5 GB/s at 512-byte and
- * 4.6-5.1 GB/s at 4 KiB sectors on one core here; `byok bench recover` measures it against
- * `openssl speed -evp aes-256-xts` in the same run). No AES is implemented here: the rounds,
- * the key schedule and the XTS tweak arithmetic are OpenSSL's (AES-NI/VAES when the CPU has it).
+ * context allocation each time: ~17-21 us per sector measured here, 0.03-0.2 GB/s). Changing
+ * only the IV of one live EVP context is cheap: EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv,
+ * enc) keeps the expanded keys and costs ~0.12-0.25 us here (not the ~1.5 us an earlier note
+ * claimed), so one context per call and one IV reset per sector decrypt 1.2-1.9 GB/s at
+ * 512-byte and 2.7-3.9 GB/s at 4 KiB sectors on one core of this machine (openssl speed, which
+ * never changes the IV: 3.2-4.2 and 3.8-4.5 GB/s). `byok bench recover` measures it against
+ * `openssl speed -evp aes-256-xts` in the same run. No AES is implemented here: the rounds, the
+ * key schedule and the XTS tweak arithmetic are OpenSSL's (AES-NI/VAES when the CPU has it).
  *
  * The GIL is released around the loop, so chunks decrypt on several cores at once. Sector sizes
  * are multiples of 16 bytes, so XTS ciphertext stealing never occurs. Tests compare every path
