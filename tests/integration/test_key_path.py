@@ -206,13 +206,17 @@ def test_session_reuse_means_one_token_for_many_gets(km, identities, make_key, m
         return resp
 
     monkeypatch.setattr(ks_session.Session, "request", counting)
+    # The counter sees real authentications: castellan's stock backend logs in for every get.
+    stock = key_manager.API(configure(auth_url=stack.cfg.keystone_url, backend="barbican"))
+    for _ in range(3):
+        stock.get(ctx, ref.secret_id)
+    assert len(issued) >= 3, f"{len(issued)} tokens for 3 stock gets: the counter is blind"
+    issued.clear()
+    # byok's backend reuses one session per credential: at most one token for five gets
+    # (none if this process already holds a session for alice).
     for _ in range(5):
         assert km.get(ctx, ref.secret_id).get_encoded()
-    assert len(issued) == 1, f"{len(issued)} tokens issued for 5 gets"
-    # The count can move: a fresh key manager (no cached session) must authenticate again.
-    other = key_manager.API(configure(auth_url=stack.cfg.keystone_url, backend="byok"))
-    other.get(ctx, ref.secret_id)
-    assert len(issued) == 2, f"{len(issued)} tokens: a fresh key manager reused a session?"
+    assert len(issued) <= 1, f"{len(issued)} tokens issued for 5 gets"
 
 
 @pytest.mark.parametrize(
