@@ -190,10 +190,11 @@ def _run(
     pass_fds: tuple[int, ...] = (),
     redact: tuple[Sensitive, ...] = (),
     timeout: float = 300.0,
+    cwd: Path | None = None,
 ) -> proc.Result:
     res = proc.run(
         [CRYPTSETUP, *args], input=key, timeout=timeout, check=False, pass_fds=pass_fds,
-        redact=redact, what=f"cryptsetup {what}",
+        redact=redact, what=f"cryptsetup {what}", cwd=cwd,
     )
     if res.returncode != 0:
         raise _classify(path, res, what)
@@ -470,7 +471,8 @@ def encrypt_file(
         _run(out, ["reencrypt", "--encrypt", "--type", "luks2", "--batch-mode",
                    "--force-offline-reencrypt", "--reduce-device-size", f"{reduce >> 20}M",
                    "--cipher", cipher, "--key-size", str(key_bits), *pol.args("luks2"),
-                   "--key-file=-", str(out)], what="encrypt image", key=passphrase)
+                   "--key-file=-", str(out)], what="encrypt image", key=passphrase,
+             cwd=out.parent)  # a killed run leaves its temporary header there, not in cwd
         info = dump(out)
         os.truncate(out, info.data_offset + size)
         return info

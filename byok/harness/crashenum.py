@@ -76,9 +76,12 @@ class Base:
 
 
 def _cs(args: list[str], pw: Sensitive, *, strace: list[str] | None = None,
-        timeout: float = 120.0) -> proc.Result:
+        timeout: float = 120.0, cwd: Path | None = None) -> proc.Result:
+    """cryptsetup in the lab's directory: an in-place encryption killed early leaves its
+    temporary header (LUKS2-temp-<uuid>.new) in the current directory."""
     argv = [*(strace or []), "cryptsetup", *args, "--key-file=-"]
-    return proc.run(argv, input=pw, check=False, timeout=timeout, what="cryptsetup (crash lab)")
+    return proc.run(argv, input=pw, check=False, timeout=timeout, what="cryptsetup (crash lab)",
+                    cwd=cwd)
 
 
 def _passphrase(shape: Shape, seed: int) -> Sensitive:
@@ -111,13 +114,14 @@ def build(shape: Shape, workdir: Path, seed: int = 13) -> Base:
         return Base(shape, workdir, img, None, plain, pw, argv)
     # reencrypt / decrypt start from an encrypted volume
     if shape.header == "detached":
-        r = _cs([*common, "--encrypt", *fmt, "--header", str(hdr), str(img)], pw)
+        r = _cs([*common, "--encrypt", *fmt, "--header", str(hdr), str(img)], pw, cwd=workdir)
         if r.returncode:
             raise ByokError(f"building {shape.name}: {r.tail(3)}")
         header = hdr
     else:
         os.truncate(img, len(plain) + (32 << 20))
-        r = _cs([*common, "--encrypt", *fmt, "--reduce-device-size", "32M", str(img)], pw)
+        r = _cs([*common, "--encrypt", *fmt, "--reduce-device-size", "32M", str(img)], pw,
+                cwd=workdir)
         if r.returncode:
             raise ByokError(f"building {shape.name}: {r.tail(3)}")
         h = luksheader.read(str(img))
@@ -159,7 +163,7 @@ def count_writes(base: Base) -> int:
     img, hdr, argv = _prepare(base, "full")
     trace = base.workdir / "full.trace"
     r = _cs(argv, base.passphrase, strace=["strace", "-f", "-qq", "-o", str(trace), "-e",
-                                            "trace=write"])
+                                            "trace=write"], cwd=base.workdir)
     if r.returncode:
         raise ByokError(f"{base.shape.name}: the uninterrupted re-encryption failed: "
                         f"{r.tail(3)}")
@@ -180,7 +184,8 @@ def count_writes(base: Base) -> int:
 def kill_at(base: Base, n: int, tag: str = "k") -> Crashed:
     img, hdr, argv = _prepare(base, tag)
     r = _cs(argv, base.passphrase, strace=["strace", "-f", "-qq", "-o", "/dev/null", "-e",
-                                            f"inject=write:signal=KILL:when={n}"])
+                                            f"inject=write:signal=KILL:when={n}"],
+            cwd=base.workdir)
     return Crashed(n, "kill", img, hdr, r.returncode != 0)
 
 
@@ -237,7 +242,7 @@ def torn_at(base: Base, n: int, keep: int) -> Crashed:
     img, hdr, argv = _prepare(base, f"t{n}-{keep}")
     env = {**os.environ, **fault_env(base.workdir, n, torn=keep, writes_only=True)}
     r = proc.run(["cryptsetup", *argv, "--key-file=-"], input=base.passphrase, check=False,
-                 timeout=120, env=env, what="cryptsetup (torn write)")
+                 timeout=120, env=env, what="cryptsetup (torn write)", cwd=base.workdir)
     return Crashed(n, f"torn@{keep}", img, hdr, r.returncode != 0)
 
 
@@ -301,9 +306,9 @@ def judge_cryptsetup(base: Base, c: Crashed, *, repair: bool = True) -> str:
         shutil.copyfile(c.header, hdr)
         hargs = ["--header", str(hdr)]
     if repair:
-        _cs(["repair", "--batch-mode", *hargs, str(img)], base.passphrase)
+        _cs(["repair", "--batch-mode", *hargs, str(img)], base.passphrase, cwd=base.workdir)
     _cs(["reencrypt", "--batch-mode", "--force-offline-reencrypt", "--resume-only", *hargs,
-         str(img)], base.passphrase)
+         str(img)], base.passphrase, cwd=base.workdir)
     try:
         h = luksheader.read(str(hdr or img))
     except ByokError:
