@@ -1,16 +1,11 @@
 """E10 — keyslot rekey vs full re-encryption: time vs size, what each revokes, and whether an
 interrupted re-encryption can always be finished (H6)."""
 
-import random
-import time
-
-from byok.common import proc
-from byok.common.pattern import pattern
+from byok.harness import crashenum
 from byok.harness.registry import experiment
 from byok.keys import resolver as keys
 from byok.lifecycle import rotation
 from byok.luks import cryptsetup as luks
-from byok.luks import recovery
 
 
 @experiment(
@@ -20,9 +15,10 @@ from byok.luks import recovery
     hypothesis="A keyslot rekey takes about the same time at any volume size and leaves the "
     "volume key unchanged (it does not revoke a leaked volume key); full re-encryption takes "
     "time proportional to size and changes the volume key; a re-encryption killed at any "
-    "moment can be finished with the data intact.",
+    "of its writes can be finished with the data intact, and read offline exactly or refused "
+    "— where cryptsetup's own resume destroys some of those states.",
     needs={"stack"},
-    params={"sizes_mib": [64, 256, 1024], "reencrypt_kills": 40},
+    params={"sizes_mib": [64, 256, 1024], "enumerated_mib": 8, "tear_fractions": [0.3, 0.7]},
 )
 def run(ctx):
     svc = ctx.volumes(with_service=False)
@@ -62,75 +58,53 @@ def run(ctx):
 
 
 def _interrupted_reencryptions(ctx, svc) -> None:
-    """kill -9 cryptsetup's offline reencryption at random moments; finish each as byok does
-    (resume, repair, or rebuild the header around the verified new key) and count how."""
-    key, _ = ctx.user_key("alice", "aes512")
-    pw = keys.passphrase(svc.key(key))
-    raw = ctx.scratch / "e10.raw"
-    raw.write_bytes(pattern(10, 8 << 20))
-    image = svc.image_from_raw(raw, key.href)
-    probe = svc.create_from_image(image.id)
-    t0 = time.monotonic()
-    luks.reencrypt(svc.pool.path(probe.id), pw, slot=luks.test_key(svc.pool.path(probe.id), pw))
-    full = time.monotonic() - t0
-    svc.delete(probe.id)
-    rng = random.Random(10)
-    how: dict[str, int] = {}
-    plain: dict[str, int] = {}  # what cryptsetup's own resume does, on a copy, for contrast
-    intact = 0
-    kills = ctx.param("reencrypt_kills")
-    for _ in range(kills):
-        vol = svc.create_from_image(image.id)
-        path = svc.pool.path(vol.id)
-        p = proc.start([luks.CRYPTSETUP, "reencrypt", "--batch-mode", "--force-offline-reencrypt",
-                        "--key-slot", str(luks.test_key(path, pw)), "--key-file=-", path],
-                       input=pw)
-        time.sleep(rng.uniform(0.05, 1.05) * full)
-        proc.kill_group(p)
-        p.wait()
-        if luks.dump(path).reencrypting:
-            alone = _cryptsetup_resume_alone(ctx, path, pw, raw)
-            plain[alone] = plain.get(alone, 0) + 1
-            done = rotation.finish_interrupted_reencryption(svc, vol.id, pw, "machine-key")
-        else:
-            done = "finished before the kill"
-        how[done] = how.get(done, 0) + 1
-        out = ctx.scratch / "e10.plain"
-        recovery.recover(path, out, passphrase=pw)
-        intact += out.read_bytes()[: raw.stat().st_size] == raw.read_bytes()
-        out.unlink()
-        svc.delete(vol.id)
-    for k, n in sorted(how.items()):
-        ctx.measure(f"interrupted_reencryption:{k}", n, "of " + str(kills))
-    for k, n in sorted(plain.items()):
-        ctx.measure(f"cryptsetup_resume_alone:{k}", n, "of " + str(kills),
-                    note="contrast: plain cryptsetup reencrypt --resume-only on a copy")
-    ctx.check(f"every one of {kills} killed re-encryptions was finished with the data intact",
-              intact == kills, f"{intact}/{kills} intact; {how}")
-
-
-def _cryptsetup_resume_alone(ctx, path, pw, raw) -> str:
-    """What ``cryptsetup reencrypt --resume-only`` alone makes of a copy of the killed volume."""
-    from byok.common import sparse
-    from byok.common.errors import ByokError
-
-    copy = ctx.scratch / "e10-copy.img"
-    copy.unlink(missing_ok=True)
-    sparse.copy_sparse(path, copy)
-    try:
-        luks.reencrypt(copy, pw, resume=True)
-    except ByokError:
-        copy.unlink()
-        return "refused"
-    if luks.dump(copy).reencrypting:
-        copy.unlink()
-        return "refused"
-    out = ctx.scratch / "e10-copy.plain"
-    try:
-        recovery.recover(copy, out, passphrase=pw)
-        ok = out.read_bytes()[: raw.stat().st_size] == raw.read_bytes()
-    except ByokError:
-        ok = False
-    out.unlink(missing_ok=True)
-    copy.unlink()
-    return "finished, data intact" if ok else "finished, DATA DESTROYED"
+    """Kill ``cryptsetup reencrypt`` of an 8 MiB volume at every one of its writes (strace
+    inject=write:signal=KILL:when=N, N = 1..all) and tear each large write; judge every state
+    four ways: byok recover offline, byok's finish, cryptsetup --resume-only alone, and
+    cryptsetup repair + --resume-only (each on its own copy, against the plaintext)."""
+    shape = crashenum.Shape(data_kib=ctx.param("enumerated_mib") << 10, hotzone=None)
+    base = crashenum.build(shape, ctx.scratch / "e10-lab")
+    total = crashenum.count_writes(base)
+    ctx.measure("reencrypt_write_calls", total, "writes",
+                note=f"a full re-encryption of {shape.data_kib >> 10} MiB")
+    judges = {
+        "byok_recover": crashenum.judge_byok,
+        "byok_finish": crashenum.judge_byok_finish,
+        "cryptsetup_resume_alone": lambda b, c: crashenum.judge_cryptsetup(b, c, repair=False),
+        "cryptsetup_repair_resume": crashenum.judge_cryptsetup,
+    }
+    tally = {k: {} for k in judges}
+    destroyed: dict[str, list[str]] = {k: [] for k in judges}
+    states = 0
+    big = {n for n, size in enumerate(base.sizes, 1) if size >= 65536}
+    fractions = tuple(ctx.param("tear_fractions"))
+    for n in range(1, total + 2):
+        crashed = [crashenum.kill_at(base, n)]
+        if n in big:
+            crashed += [crashenum.torn_at(base, n, cut)
+                        for cut in crashenum.tear_points(base.sizes[n - 1], fractions)]
+        for c in crashed:
+            states += 1
+            for name, judge in judges.items():
+                v = judge(base, c)
+                v = "refused" if v.startswith("refused") else v
+                tally[name][v] = tally[name].get(v, 0) + 1
+                if v == "wrong":
+                    destroyed[name].append(f"{c.variant}@{n}")
+            crashenum.cleanup(c)
+    ctx.measure("crashed_states", states, "states", note="kill at every write + torn writes")
+    for name, counts in tally.items():
+        for verdict, k in sorted(counts.items()):
+            ctx.measure(f"{name}:{verdict}", k, f"of {states}")
+    windows = ", ".join(destroyed["cryptsetup_resume_alone"]) or "none"
+    ctx.measure("cryptsetup_resume_alone_destroys_at", len(destroyed["cryptsetup_resume_alone"]),
+                "states", note=windows)
+    ctx.check(f"byok recover never answers with a wrong byte ({states} crashed states)",
+              not destroyed["byok_recover"], ", ".join(destroyed["byok_recover"]))
+    ctx.check(f"byok's finish leaves every one of {states} crashed states intact",
+              not destroyed["byok_finish"] and not tally["byok_finish"].get("refused"),
+              f"{tally['byok_finish']}")
+    ctx.check("byok recover refuses only where cryptsetup's repair cannot recover either",
+              tally["byok_recover"].get("refused", 0)
+              <= tally["cryptsetup_repair_resume"].get("refused", 0)
+              + tally["cryptsetup_repair_resume"].get("wrong", 0), f"{tally}")

@@ -69,6 +69,11 @@ def write_private(path: Path, data: str | bytes) -> None:
         os.close(fd)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # the rename itself is durable
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def cache_dir() -> Path:

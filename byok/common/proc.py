@@ -50,6 +50,7 @@ DEBIAN_PACKAGE = {
     "fusermount3": "fuse3",
     "openssl": "openssl",
     "ruby": "ruby",
+    "strace": "strace",
 }
 
 DEFAULT_TIMEOUT = 120.0

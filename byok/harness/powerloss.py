@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from byok.common import sparse
+from byok.common import proc, sparse
 from byok.common.errors import ByokError, ExperimentError
 from byok.common.pattern import pattern, pattern_sha256
 from byok.common.sensitive import Sensitive
@@ -86,7 +86,9 @@ class Outcome:
     states: int = 0
     by_key: dict[str, int] = field(default_factory=dict)
     refused: int = 0
-    losses: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[dict[str, Any]] = field(default_factory=list)      # byok's: must stay empty
+    cryptsetup_losses: list[dict[str, Any]] = field(default_factory=list)  # byok refused them
+    finished: dict[str, int] = field(default_factory=dict)         # byok's resume, per result
     guest_checked: int = 0
     guest_agreed: int = 0
     seconds_guest: float = 0.0
@@ -169,6 +171,59 @@ def classify(image: Path, scenario: Scenario) -> tuple[str, str]:
     return "loss", "no key opens it: " + "; ".join(wrong)
 
 
+def _plaintext_ok(image: Path, pw: Sensitive) -> bool:
+    out = image.with_suffix(".check.plain")
+    try:
+        recovery.recover(image, out, passphrase=pw, overwrite=True)
+        with open(out, "rb") as f:
+            return hashlib.sha256(f.read(DATA)).hexdigest() == pattern_sha256(5, DATA)
+    except ByokError:
+        return False
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def cryptsetup_recovers(image: Path) -> bool:
+    """What cryptsetup itself makes of a state byok refused: ``repair`` then
+    ``reencrypt --resume-only`` on a copy (offline, no dm), then the plaintext compared."""
+    copy = image.with_suffix(".cryptsetup.img")
+    shutil.copy2(image, copy)
+    try:
+        for args in (["repair", "--batch-mode"],
+                     ["reencrypt", "--resume-only", "--force-offline-reencrypt", "--batch-mode"]):
+            proc.run(["cryptsetup", *args, "--key-file=-", copy], input=OLD, check=False,
+                     timeout=300, cwd=image.parent)
+        return _plaintext_ok(copy, OLD)
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def byok_finishes(image: Path) -> str:
+    """byok's resume on a copy of an interrupted re-encryption: "exact" (finished, the
+    plaintext intact), "refused" (typed, nothing changed) or "wrong"."""
+    from byok.lifecycle import rotation
+
+    copy = image.with_suffix(".finish.img")
+    shutil.copy2(image, copy)
+    try:
+        try:
+            rotation.finish_reencryption(copy, OLD)
+        except ByokError:
+            return "refused"
+        return "exact" if _plaintext_ok(copy, OLD) else "wrong"
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def _reencrypting(image: Path) -> bool:
+    from byok.luks import header as luksheader
+
+    try:
+        return any("reencrypt" in r for r in luksheader.read(str(image)).requirements)
+    except ByokError:
+        return False
+
+
 def run_scenario(scenario: Scenario, *, guest: Guest, subsets: int, keep: Path,
                  guest_sample: int = 3, seed: int = 0) -> Outcome:
     """Record, replay every crash state, classify each; a sample is opened in the guest too."""
@@ -180,8 +235,9 @@ def run_scenario(scenario: Scenario, *, guest: Guest, subsets: int, keep: Path,
         out.flushes = len(log.flush_points())
         states = list(writelog.crash_states(log, start=log.mark("start"), subsets=subsets,
                                             seed=seed))
-        sampled = set(random.Random(seed).sample(range(len(states)),
-                                                 min(guest_sample, len(states))))
+        # The guest opens a sample: the last state (the operation complete) and a few others.
+        sampled = {len(states) - 1, *random.Random(seed).sample(range(len(states)),
+                                                                min(guest_sample, len(states)))}
         guest_images: list[tuple[Path, str]] = []
         for i, state in enumerate(states):
             image = work / f"state-{i}.img"
@@ -192,18 +248,44 @@ def run_scenario(scenario: Scenario, *, guest: Guest, subsets: int, keep: Path,
                 out.by_key[kind] = out.by_key.get(kind, 0) + 1
             elif kind == "refused":
                 out.refused += 1
+            if kind == "loss" and "RecoveryRefused" in detail and "opens it with" not in detail:
+                # byok refused to vouch for these bytes: cryptsetup's own tools are the judge.
+                kind = "refused-by-byok"
+                out.refused += 1
+                if cryptsetup_recovers(image):
+                    kind, detail = "loss", detail + "; cryptsetup's repair + resume recover it"
+                else:
+                    out.cryptsetup_losses.append({"state": state.label, "detail": detail,
+                                                  "image": str(_keep(keep, scenario, state, i,
+                                                                     image))})
             if kind == "loss" or (kind in ("old", "new") and kind not in scenario.opens):
-                keep.mkdir(parents=True, exist_ok=True)
-                kept = keep / f"{scenario.name}-{state.label}-{i}.img"
-                shutil.copy2(image, kept)
-                out.losses.append({"state": state.label, "detail": detail, "image": str(kept)})
-            if i in sampled and kind in ("old", "new"):
+                out.losses.append({"state": state.label, "detail": detail,
+                                   "image": str(_keep(keep, scenario, state, i, image))})
+            reencrypting = not scenario.blank and _reencrypting(image)
+            if reencrypting:
+                how = byok_finishes(image)
+                out.finished[how] = out.finished.get(how, 0) + 1
+                if how == "wrong":
+                    out.losses.append({"state": state.label, "detail": "byok's resume gave "
+                                       "other bytes", "image": str(_keep(keep, scenario, state,
+                                                                         i, image))})
+            # A crashed re-encryption needs a repair before any open; the guest opens the rest.
+            if i in sampled and kind in ("old", "new") and not reencrypting:
                 guest_images.append((image, kind))
             else:
                 image.unlink()
         out.guest_checked, out.guest_agreed, out.seconds_guest = _guest_check(
             guest, guest_images, scenario)
     return out
+
+
+def _keep(keep: Path, scenario: Scenario, state: writelog.CrashState, i: int,
+          image: Path) -> Path:
+    keep.mkdir(parents=True, exist_ok=True)
+    kept = keep / f"{scenario.name}-{state.label}-{i}.img"
+    if not kept.exists():
+        shutil.copy2(image, kept)
+    return kept
 
 
 def _guest_check(guest: Guest, images: list[tuple[Path, str]],

@@ -9,10 +9,19 @@ what actually opens, then completes (new key opens) or rolls back (only the old 
 if the header itself was damaged mid-write it is restored from the backup. Concurrent rotations
 of one volume are refused (exclusive lock).
 
+The pre-rotation header backup exists only for that resume (a keyslot write that tore the
+header); it holds the old keyslots, so it is sealed under the *new* key (:mod:`byok.luks.sealed`),
+fsynced before cryptsetup starts, and shredded once the rotation is verified; plain header
+backups that still open with the old key are shredded then too (they could only undo it).
+
 A keyslot change is **not** a volume-key change: the data stays encrypted with the same volume
 key, so anyone who ever held the volume key (or an old header/backup plus the old key) can still
 decrypt it. **Full re-encryption** (LUKS2, ``cryptsetup reencrypt`` offline) gives the volume a
-new volume key; it is what revocation of a possibly leaked key needs. It is resumable too.
+new volume key; it is what revocation of a possibly leaked key needs. The new user key is added
+first and cryptsetup re-encrypts from *its* keyslot, so the new volume key is only ever wrapped
+by the new user key, and cryptsetup's own teardown removes every keyslot of the old volume key
+(the old user key's, the escrow's). An interrupted re-encryption is finished from the on-disk
+state alone (:func:`finish_reencryption`), never from the journal alone.
 
 ``crash_point(name)`` is the named fault injector for tests and experiments: when
 ``BYOK_CRASH_AT`` equals ``name`` the process kills itself with SIGKILL at that point.
@@ -44,7 +53,7 @@ from byok.common.sensitive import Sensitive
 from byok.keys import guard
 from byok.luks import cryptsetup as luks
 from byok.luks import header as luksheader
-from byok.luks import recovery
+from byok.luks import luks2edit, recovery, reencstate, sealed
 
 PHASES = ("started", "backed-up", "added", "verified", "removed", "done")
 
@@ -136,8 +145,7 @@ def _rotate(svc, rid: str, new_key_ref: str, policy: str | None, journal: Journa
         journal.clear()
         raise
     crash_point("started")
-    backup = pool.header_backup_path(rid, "-pre-rotate")
-    luks.header_backup(path, backup)
+    backup = _sealed_backup(pool, rid, path, new_pw, human=new_km.info.secret_type == "passphrase")
     doc |= {"phase": "backed-up", "header_backup": str(backup)}
     journal.write(doc)
     crash_point("backed-up")
@@ -155,10 +163,11 @@ def _rotate(svc, rid: str, new_key_ref: str, policy: str | None, journal: Journa
     doc["phase"] = "removed"
     journal.write(doc)
     crash_point("removed")
-    return _finish(svc, rid, doc, journal, old_km.ref.href)
+    return _finish(svc, rid, doc, journal, old_km.ref.href, old_pw)
 
 
-def _finish(svc, rid: str, doc: dict, journal: Journal, old_ref: str):
+def _finish(svc, rid: str, doc: dict, journal: Journal, old_ref: str,
+            old_pw: Sensitive | None):
     pool = svc.pool
     rec = pool.load(rid)
     rec.key_ref = doc["new_ref"]
@@ -169,8 +178,51 @@ def _finish(svc, rid: str, doc: dict, journal: Journal, old_ref: str):
     pool.save(rec)
     crash_point("saved")
     svc._release(dataclasses.replace(rec, key_ref=old_ref))  # no longer a consumer of the old key
+    _retire_backups(svc, rid, old_pw)
     journal.clear()
     return rec
+
+
+def _sealed_backup(pool, rid: str, path: Path, seal_pw: Sensitive, *, human: bool) -> Path:
+    """The pre-rotation header backup, sealed under the new key and durable before any
+    keyslot changes (see :mod:`byok.luks.sealed`)."""
+    target = pool.header_backup_path(rid, "-pre-rotate").with_suffix(".hdr" + sealed.SUFFIX)
+    plain = target.with_name(target.name + ".plain")
+    plain.unlink(missing_ok=True)
+    luks.header_backup(path, plain)
+    try:
+        sealed.write_durable(target, sealed.seal(plain.read_bytes(), seal_pw, human=human,
+                                                 context=rid))
+    finally:
+        sealed.shred(plain)
+    return target
+
+
+def _restore_sealed(path: Path, backup: Path, pw: Sensitive, rid: str) -> None:
+    plain = backup.with_name(backup.name + ".plain")
+    plain.unlink(missing_ok=True)
+    sealed.write_durable(plain, sealed.unseal(backup.read_bytes(), pw, context=rid))
+    try:
+        luks.header_restore(path, plain)
+    finally:
+        sealed.shred(plain)
+
+
+def _retire_backups(svc, rid: str, old_pw: Sensitive | None) -> None:
+    """After a verified rotation or re-encryption: shred its sealed pre-rotation backup and
+    leftovers, and every plain header backup of ``rid`` that still opens with the old key
+    (``old_pw``; None: the old key is gone, nothing can open them with it) —
+    ``header-restore`` refuses those, so they could only serve the revoked key."""
+    headers = svc.pool.root / "headers"
+    for f in headers.glob(f"{rid}-*"):
+        if f.name.endswith((sealed.SUFFIX, ".plain", ".tmp", ".finalise.hdr")):
+            sealed.shred(f)
+    if old_pw is None:
+        return
+    for f in headers.glob(f"{rid}-*.hdr"):
+        with contextlib.suppress(ByokError):
+            luks.test_key(f, old_pw)
+            sealed.shred(f)
 
 
 def _passphrase_if_available(svc, ref: str | None) -> Sensitive | None:
@@ -223,7 +275,12 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
                 f"{rid}: neither key opens the header and there is no pre-rotation backup",
                 hint="restore a header backup: byok volume header-restore " + rid,
             )
-        luks.header_restore(path, Path(backup))  # the backup was taken with the old key
+        if new_pw is None:
+            raise RotationError(
+                f"{rid}: neither key opens the header, and its pre-rotation backup is sealed "
+                "under the new key, which Barbican no longer gives; nothing was changed",
+                hint="restore the new key, or recover offline with either key's bytes")
+        _restore_sealed(path, Path(backup), new_pw, rid)  # the backup has the old keyslots
         old_slot = _opens(path, old_pw)
         if old_slot is None:
             raise RotationError(f"{rid}: the pre-rotation header backup does not open either")
@@ -235,7 +292,7 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
         doc["phase"] = "removed"
         doc["resumed"] = True
         journal.write(doc)
-        return _finish(svc, rid, doc, journal, old_ref)
+        return _finish(svc, rid, doc, journal, old_ref, old_pw)
     if old_slot is None:
         raise RotationError(
             f"{rid}: only the new key was added, but Barbican no longer gives the new key and "
@@ -256,6 +313,9 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
         with contextlib.suppress(ByokError):
             guard.release(new_ref, identity=svc.user, volume_id=rid, service=svc.service_name,
                           endpoint=svc.endpoint, resource_type=rec.kind, deadline=svc.deadline)
+    for f in (svc.pool.root / "headers").glob(f"{rid}-*"):
+        if f.name.endswith((sealed.SUFFIX, ".plain")):
+            sealed.shred(f)  # rolled back: the header is the pre-rotation one again
     journal.clear()
     return rec
 
@@ -266,14 +326,15 @@ def reencrypt_journal_for(svc, rid: str) -> Journal:
 
 def reencrypt(svc, rid: str, new_key_ref: str | None = None, *, policy: str | None = None,
               resume_only: bool = False):
-    """Full re-encryption: a new volume key for all data, then the new user key (LUKS2).
+    """Full re-encryption: a new volume key for all data, wrapped only by the new user key.
 
-    Journaled like rotation, under one exclusive lock from start to end: ``started`` (the
-    volume is ``reencrypting``; nothing may copy it) → cryptsetup's own resilient LUKS2
-    reencryption → ``reencrypted`` (the volume key changed; the escrow slot, which
-    reencryption does not keep, is dropped from the record only now) → the keyslot rotation to
-    the new user key (its own journal) → done. After a crash, calling this again (or
-    ``rotate --resume``) resumes cryptsetup's reencryption where it stopped and goes on.
+    Journaled, under one exclusive lock from start to end: ``started`` (the volume is
+    ``reencrypting``; nothing may copy it; the new key's consumer is registered) → the new user
+    key is added (a keyslot of the *old* volume key) → ``cryptsetup reencrypt --key-slot`` that
+    keyslot, so the new volume key's keyslot is made from the new user key, and cryptsetup's
+    teardown removes every keyslot of the old volume key → verified from the header → record,
+    consumers and escrow updated, stale keyslots and header backups removed → done. After a
+    crash, calling this again (or ``rotate --resume``) looks at the header and finishes.
     Returns ``(record, seconds of re-encryption)``.
     """
     pool = svc.pool
@@ -286,6 +347,9 @@ def reencrypt(svc, rid: str, new_key_ref: str | None = None, *, policy: str | No
             if not new_key_ref:
                 raise RotationError("re-encryption needs the new user key (--key-ref)")
             doc = _reencrypt_start(svc, rid, new_key_ref, journal)
+        elif doc.get("phase") == "unknown":
+            raise RotationError(f"{rid}: the re-encryption journal is unreadable; nothing was "
+                                "changed", hint="inspect the volume with 'byok recover --check'")
         return _reencrypt_continue(svc, rid, doc, journal, policy)
 
 
@@ -301,136 +365,236 @@ def _reencrypt_start(svc, rid: str, new_key_ref: str, journal: Journal) -> dict:
             hint="convert it (cryptsetup convert --type luks2) or re-encrypt in the guest",
         )
     new_ref = svc.resolver.parse(new_key_ref).href
+    if new_ref == rec.key_ref:
+        raise RotationError(f"{rid} already uses key {new_ref}; re-encryption needs a new one")
     svc.passphrase(new_ref)  # the user may use the new key: fail before anything changes
     old_pw = svc.passphrase(rec.key_ref)[1]
-    old_slot = _opens(path, old_pw)
-    if old_slot is None:
+    h = luksheader.read(str(path))
+    if reencstate.read(h).status != reencstate.NONE:
+        raise RotationError(f"{rid} is already in the middle of a re-encryption that byok did "
+                            "not start; nothing was changed",
+                            hint="finish it with cryptsetup, or recover offline")
+    key = _data_key(h, path, old_pw)
+    if key is None:
         raise RotationError(f"the recorded key of {rid} does not open it")
     doc = {"phase": "started", "volume": rid, "old_ref": rec.key_ref, "new_ref": new_ref,
-           "old_slot": old_slot, "escrow_ref": rec.escrow_ref, "started_at": time.time(),
-           "volume_key_before": luks.volume_key(path, old_pw).fingerprint()}
+           "old_slot": key.slot, "escrow_ref": rec.escrow_ref, "started_at": time.time(),
+           "volume_key_before": key.volume_key.fingerprint()}
     journal.write(doc)
     rec.state = "reencrypting"
     pool.save(rec)
+    svc._bind(new_ref, rid, rec.kind)  # a consumer of the new key from now on
     crash_point("reencrypt:started")
     return doc
 
 
-def finish_interrupted_reencryption(svc, rid: str, pw: Sensitive, policy) -> str:
-    """Bring cryptsetup's interrupted LUKS2 reencryption of ``rid`` to its end; say how.
-
-    Measured here (cryptsetup 2.6.1, kill -9 at random moments, data checked after each):
-
-    * killed while data was still being re-encrypted, ``cryptsetup reencrypt --resume-only``
-      finishes it (``resume``); some of those interruptions need ``cryptsetup repair`` first;
-    * killed after the last data was written — segment 0, the whole device, already bound to
-      the *final* segment's key digest — resume is wrong: with the old keyslot already wiped
-      it refuses (and so does repair), and with the old keyslot still there it reports success
-      but **re-processes the finished data and destroys it** (twice in 100 kills here). In that
-      state the data is wholly in the new key and only the metadata is unfinished, so byok
-      never resumes it: the header is **rebuilt** around the verified new volume key (same UUID,
-      cipher, sector size and data offset; the old header is backed up first; data untouched).
-    """
-    path = svc.pool.path(rid)
-    for how in ("resume", "repair", "resume"):
-        if _data_wholly_reencrypted(path):
-            return _rebuild_header(svc, rid, pw, policy)
-        with contextlib.suppress(ByokError):
-            if how == "repair":
-                luks.repair(path, pw)
-            else:
-                luks.reencrypt(path, pw, resume=True)
-        if not luks.dump(path).reencrypting:
-            return how
-    if _data_wholly_reencrypted(path):
-        return _rebuild_header(svc, rid, pw, policy)
-    raise RotationError(
-        f"{rid}: cryptsetup cannot finish its interrupted re-encryption and the data is split "
-        "between two volume keys; nothing was changed",
-        hint="keep the volume as it is and run 'cryptsetup reencrypt --resume-only' with the "
-        "key by hand, or recover offline from a backup",
-    )
-
-
-def _final_digest(meta: dict) -> dict | None:
-    """The key digest of the reencryption's final segment, if segment 0 — the whole device —
-    is already bound to it (all data written with the new key); else None."""
-    segs = meta.get("segments", {})
-    live = {k: v for k, v in segs.items()
-            if not any(f.startswith("backup-") for f in v.get("flags", []))}
-    final = [k for k, v in segs.items() if "backup-final" in v.get("flags", [])]
-    seg = live.get("0", {})
-    if list(live) != ["0"] or seg.get("type") != "crypt" or seg.get("size") != "dynamic":
+def _data_key(h, path: Path, pw: Sensitive | None) -> recovery.Unlocked | None:
+    """The key ``pw`` opens for segment 0 (from a keyslot bound to its digest), or None."""
+    if pw is None:
         return None
-    for d in meta.get("digests", {}).values():
-        if "0" in d.get("segments", []) and final and final[0] in d.get("segments", []):
-            return d
-    return None
+    ds = reencstate.digest_of_segment(h, 0)
+    got = recovery.unlock_digests(h, path, pw, {d.id for d in ds})
+    return next(iter(got.values()), None)
 
 
-def _data_wholly_reencrypted(path: Path) -> bool:
-    meta = luks.metadata(path)  # one luksDump: the requirement and the segments
-    return luks.reencrypt_required(luks.requirements(meta)) and _final_digest(meta) is not None
-
-
-def _rebuild_header(svc, rid: str, pw: Sensitive, policy) -> str:
-    path = svc.pool.path(rid)
-    meta = luks.metadata(path)
-    digest = _final_digest(meta)
-    if digest is None:
-        raise RotationError(f"{rid}: the header is not in a state byok may rebuild")
-    seg = meta["segments"]["0"]
-    header = luksheader.read(str(path))
-    # Only the keyslots of the final key: the old one may still open with the same passphrase.
-    final_slots = tuple(k for k in header.keyslots if str(k.slot) in digest.get("keyslots", []))
-    if not final_slots:
-        raise RotationError(f"{rid}: no keyslot holds the re-encrypted data's key")
-    unlocked = recovery.unlock(dataclasses.replace(header, keyslots=final_slots), path, pw)
-    luks.header_backup(path, svc.pool.header_backup_path(rid, "-pre-rebuild"))
-    luks.rewrite_header(path, unlocked.volume_key, pw, uuid=header.uuid,
-                        cipher=str(seg["encryption"]), sector_size=int(seg["sector_size"]),
-                        data_offset=int(seg["offset"]), policy=policy)
-    if luks.volume_key(path, pw) != unlocked.volume_key:
-        raise RotationError(f"{rid}: the rebuilt header does not carry the volume key")
-    return "rebuilt"
+def _remove_unbound_keyslots(path: Path, pw: Sensitive) -> list[int]:
+    """Remove every keyslot whose digest decrypts no data segment (a crashed cryptsetup's new
+    keyslot, the old volume key's after a finished re-encryption); ``pw`` must open a bound
+    one. Returns the slots removed."""
+    h = luksheader.read(str(path))
+    bound = reencstate.bound_keyslots(h)
+    stale = sorted({k.slot for k in h.keyslots} - bound)
+    for slot in stale:
+        luks.kill_slot(path, slot, authorising=pw)
+    return stale
 
 
 def _reencrypt_continue(svc, rid: str, doc: dict, journal: Journal, policy: str | None):
     pool = svc.pool
     path = pool.path(rid)
-    old_pw = svc.passphrase(doc["old_ref"])[1]
-    if doc["phase"] == "started":
-        t0 = time.monotonic()
-        if luks.dump(path).reencrypting:  # cryptsetup was interrupted: let it finish its work
-            doc["finished_by"] = finish_interrupted_reencryption(
-                svc, rid, old_pw, policy or luks.policy_for(pool.load(rid).secret_type))
-        elif luks.volume_key(path, old_pw).fingerprint() == doc["volume_key_before"]:
-            luks.reencrypt(path, old_pw, slot=doc["old_slot"])
-        # else: cryptsetup had finished when the crash came
-        if luks.volume_key(path, old_pw).fingerprint() == doc["volume_key_before"]:
-            raise RotationError(f"re-encryption of {rid} did not change its volume key")
-        doc |= {"phase": "reencrypted",
-                "seconds": round(doc.get("seconds", 0) + time.monotonic() - t0, 3)}
-        journal.write(doc)
-        crash_point("reencrypt:reencrypted")
+    rec = pool.load(rid)
+    try:
+        new_km, new_pw = svc.passphrase(doc["new_ref"])
+    except (KeyNotFound, KeyAccessDenied, KeyTypeMismatch) as e:
+        raise RotationError(
+            f"{rid}: the interrupted re-encryption needs its new key, which Barbican no longer "
+            f"gives ({e.message}); nothing was changed",
+            hint="part of the data may already be under the new volume key: restore the new "
+            "key, or recover offline with its bytes (byok recover)") from None
+    old_pw = _passphrase_if_available(svc, doc["old_ref"])
+    policy = policy or luks.policy_for(new_km.info.secret_type)
+    t0 = time.monotonic()
+    how = _drive_reencryption(path, old_pw, new_pw, doc, journal, policy)
+    # Verify from the header, not from what was done: not reencrypting, segment 0's key is a
+    # new one, the new user key opens it, the old one opens nothing.
+    h = luksheader.read(str(path))
+    key = _data_key(h, path, new_pw)
+    if reencstate.read(h).status != reencstate.NONE or key is None:
+        raise RotationError(f"re-encryption of {rid} did not finish ({how})")
+    if key.volume_key.fingerprint() == doc["volume_key_before"]:
+        raise RotationError(f"re-encryption of {rid} did not change its volume key")
+    removed = _remove_unbound_keyslots(path, new_pw)
+    if old_pw is not None and _opens(path, old_pw) is not None:
+        raise RotationError(f"{rid}: the old key still opens the re-encrypted volume")
+    luks2edit.wipe_unused_keyslot_area(path)
+    doc |= {"phase": "reencrypted", "finished_by": how,
+            "seconds": round(doc.get("seconds", 0) + time.monotonic() - t0, 3)}
+    journal.write(doc)
+    crash_point("reencrypt:reencrypted")
     rec = pool.load(rid)
     if doc.get("escrow_ref") and rec.escrow_ref:
-        # Reencryption keeps only the user's slot: the escrow slot is gone with the old volume
-        # key, so its secret in the service project can go too.
+        # The escrow keyslot went with the old volume key, so its secret in the service
+        # project can go too.
         svc.drop_escrow_secret(rec.escrow_ref)
         rec.escrow_ref = None
         rec.history.append({"op": "escrow slot dropped by re-encryption"})
-    if rec.state == "reencrypting":
-        rec.state = "available"
+    rec.key_ref = doc["new_ref"]
+    rec.secret_type = new_km.info.secret_type
+    rec.state = "available"
+    rec.history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "op": "reencrypt", "from": doc["old_ref"], "to": doc["new_ref"],
+                        "seconds": doc.get("seconds"), "finished_by": how,
+                        **({"stale_keyslots_removed": removed} if removed else {})})
     pool.save(rec)
-    rot = journal_for(svc, rid)
-    pending = rot.read()
-    if pending is not None:
-        rec = _resume(svc, rid, pending, rot)
-    if rec.key_ref != doc["new_ref"]:
-        rec = _rotate(svc, rid, doc["new_ref"], policy, rot)
-    rec.history.append({"op": "reencrypt", "seconds": doc.get("seconds"),
-                        **({"finished_by": doc["finished_by"]} if "finished_by" in doc else {})})
-    pool.save(rec)
+    crash_point("reencrypt:saved")
+    if doc["old_ref"] != doc["new_ref"]:  # no longer a consumer of the old key (idempotent)
+        svc._release(dataclasses.replace(rec, key_ref=doc["old_ref"]))
+    _retire_backups(svc, rid, old_pw)
     journal.clear()
     return rec, float(doc.get("seconds") or 0.0)
+
+
+def _drive_reencryption(path: Path, old_pw: Sensitive | None, new_pw: Sensitive, doc: dict,
+                        journal: Journal, policy) -> str:
+    """Bring the volume to "re-encrypted, new user key only", deciding every step from the
+    header: not started (re)starts it, a cryptsetup state finishes it. Returns how."""
+    steps = []
+    for _ in range(8):
+        h = luksheader.read(str(path))
+        st = reencstate.read(h)
+        if st.status != reencstate.NONE:
+            steps.append(finish_reencryption(path, new_pw))
+            continue
+        new_key = _data_key(h, path, new_pw)
+        old_key = _data_key(h, path, old_pw)
+        key = new_key or old_key
+        if key is None:
+            raise RotationError("neither the old nor the new key opens segment 0 of the volume; "
+                                "nothing was changed", hint="recover offline: byok recover")
+        if key.volume_key.fingerprint() != doc["volume_key_before"]:
+            if new_key is None:
+                raise RotationError("the volume has a volume key this re-encryption did not "
+                                    "start from, and the new key does not open it; nothing "
+                                    "was changed")
+            return "+".join(steps) or "finished before the crash"
+        # Not (or no longer) re-encrypting, still the old volume key: start (again).
+        stale = _remove_unbound_keyslots(path, new_pw if new_key else old_pw)
+        if stale:
+            steps.append(f"removed stale keyslots {stale}")
+        if new_key is None:
+            if old_pw is None:
+                raise RotationError("re-encryption has not started and the old key is no "
+                                    "longer available to add the new one; nothing was changed")
+            luks.add_key(path, old_pw, new_pw, policy=policy)
+            new_key = _data_key(luksheader.read(str(path)), path, new_pw)
+            if new_key is None:
+                raise RotationError("the new key does not open the volume after adding it")
+        doc |= {"phase": "reencrypting", "new_slot": new_key.slot}
+        journal.write(doc)
+        crash_point("reencrypt:added")
+        luks.reencrypt(path, new_pw, slot=new_key.slot, policy=policy)
+        steps.append("reencrypted")
+    raise RotationError("re-encryption did not converge in 8 steps: " + ", ".join(steps))
+
+
+def finish_reencryption(path: Path, pw: Sensitive) -> str:
+    """Finish an interrupted LUKS2 re-encryption of ``path`` from its on-disk state; say how.
+
+    ``pw`` must open both the old and the new volume key (cryptsetup makes the new keyslot from
+    the one it re-encrypts from). The state is read with :mod:`byok.luks.reencstate` and checked
+    with :func:`byok.luks.recovery.plan` — reencrypt metadata authenticated, every byte of the
+    hotzone explained — before anything is written; then, per state:
+
+    * a hotzone (cryptsetup's crash state): blocks a torn write left half old, half new (which
+      cryptsetup's checksum repair would take for new and garble) are rewritten in the new key
+      first; then ``cryptsetup repair``;
+    * data still in progress (or not started): ``cryptsetup reencrypt --resume-only``;
+    * every data segment already in the new key, only the metadata unfinished: cryptsetup
+      2.6.1's resume would re-encrypt the finished data again and destroy it, so byok does the
+      teardown itself (:mod:`byok.luks.luks2edit`): old keyslots, backup segments, the reencrypt
+      keyslot and the requirement dropped, the header validated and written by cryptsetup.
+
+    Where the state cannot be decided (resilience ``none``, metadata that does not verify, a
+    hotzone block nothing explains) it raises RotationError and changes nothing.
+    """
+    steps: list[str] = []
+    for _ in range(8):
+        h = luksheader.read(str(path))
+        st = reencstate.read(h)
+        if st.status == reencstate.NONE:
+            return "+".join(steps) or "not reencrypting"
+        if st.slot.mode != "reencrypt" or st.slot.resilience not in ("checksum", "journal"):
+            raise RotationError(
+                f"{path.name}: an interrupted {st.slot.mode} with resilience "
+                f"{st.slot.resilience!r} is not one byok finishes; nothing was changed",
+                hint="finish it with cryptsetup, or recover offline: byok recover --check")
+        p = recovery.plan(path, passphrase=pw)
+        if p.refused:
+            a, b, why = p.refused[0]
+            raise RotationError(f"{path.name}: cannot tell what bytes {a}-{b - 1} hold ({why}); "
+                                "nothing was changed")
+        done = st.status == reencstate.CLEAN and all(
+            d.id == st.digest_new for seg in st.data
+            for d in reencstate.digest_of_segment(h, seg.id))
+        if done and st.digest_new in p.keys:
+            # All data is in the new key (its digest verified the key); only the teardown is
+            # missing, which needs no reencrypt metadata — and cryptsetup's resume must not run.
+            _finalise(path, st)
+            steps.append("metadata finalised by byok")
+            continue
+        if p.notes.get("metadata_verified") is not True:
+            raise RotationError(f"{path.name}: the re-encryption metadata cannot be verified "
+                                "with this key (it must open the old and the new volume key); "
+                                "nothing was changed")
+        if st.status == reencstate.CRASH:
+            torn = [pc for pc in p.pieces if pc.how == "bytes"]
+            if torn:
+                _rewrite_new(path, torn)
+                steps.append(f"{len(torn)} torn hotzone blocks rewritten")
+            luks.repair(path, pw)
+            steps.append("repaired")
+            continue
+        luks.reencrypt(path, pw, resume=True)
+        steps.append("resumed")
+    raise RotationError(f"{path.name}: the re-encryption did not finish in 8 steps: "
+                        + ", ".join(steps))
+
+
+def finish_interrupted_reencryption(svc, rid: str, pw: Sensitive, policy=None) -> str:
+    """:func:`finish_reencryption` for a pool volume (kept for callers by volume id)."""
+    return finish_reencryption(svc.pool.path(rid), pw)
+
+
+def _rewrite_new(path: Path, torn: list[recovery.Piece]) -> None:
+    """Write the verified plaintext of torn hotzone blocks back in the new key, so that the
+    checksum repair sees whole new blocks (XTS is deterministic: the bytes cryptsetup meant)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for pc in torn:
+            data = pc.cipher.encrypt(pc.data, pc.iv) if pc.cipher is not None else pc.data
+            os.pwrite(fd, data, pc.offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _finalise(path: Path, st: reencstate.State) -> None:
+    tmp = path.with_name(f".{path.name}.finalise.hdr")
+    tmp.unlink(missing_ok=True)
+    luks.header_backup(path, tmp)
+    try:
+        luks2edit.rewrite_backup(tmp, str(st.digest_new))
+        luks.dump(tmp)  # cryptsetup must accept the rewritten header before it is written
+        luks.header_restore(path, tmp)
+    finally:
+        sealed.shred(tmp)

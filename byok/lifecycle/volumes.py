@@ -289,8 +289,11 @@ class VolumeService:
             if rec.escrow_ref:
                 self.drop_escrow_secret(rec.escrow_ref)
             self.pool.remove(rid)
-            for hdr in self.header_backups(rid):  # they hold keyslots: they go with the volume
-                hdr.unlink(missing_ok=True)
+            from byok.luks import sealed
+
+            # Header backups (plain, and a rotation's sealed one) hold keyslots: they go too.
+            for hdr in (self.pool.root / "headers").glob(f"{rid}-*"):
+                sealed.shred(hdr)
 
     # -- copies ------------------------------------------------------------------------------
     def _copy(self, src_id: str, kind: str, *, key_ref: str | None = None,

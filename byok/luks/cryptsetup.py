@@ -192,10 +192,11 @@ def _run(
     pass_fds: tuple[int, ...] = (),
     redact: tuple[Sensitive, ...] = (),
     timeout: float = 300.0,
+    cwd: Path | None = None,
 ) -> proc.Result:
     res = proc.run(
         [CRYPTSETUP, *args], input=key, timeout=timeout, check=False, pass_fds=pass_fds,
-        redact=redact, what=f"cryptsetup {what}",
+        redact=redact, what=f"cryptsetup {what}", cwd=cwd,
     )
     if res.returncode != 0:
         raise _classify(path, res, what)
@@ -267,36 +268,6 @@ def format(
             _run(path, args, what="luksFormat", key=passphrase, pass_fds=(fd,),
                  redact=(volume_key,))
     return dump(path, header=header)
-
-
-def rewrite_header(
-    path: Path,
-    volume_key: Sensitive,
-    passphrase: Sensitive,
-    *,
-    uuid: str,
-    cipher: str,
-    sector_size: int,
-    data_offset: int,
-    policy: str | PbkdfPolicy,
-) -> LuksInfo:
-    """Write a fresh LUKS2 header around a *known* volume key, leaving the data untouched.
-
-    The one place byok writes a header over another: only for finishing a re-encryption whose
-    metadata cryptsetup itself can no longer finalise (see :mod:`byok.lifecycle.rotation`), after
-    the caller has verified ``volume_key`` against the old header's digest and backed that header
-    up. Same UUID, cipher, sector size and data offset; one keyslot for ``passphrase``.
-    """
-    pol = get_policy(policy)
-    if data_offset % 512:
-        raise VolumeError(f"data offset {data_offset} is not a multiple of 512")
-    args = ["luksFormat", "--batch-mode", "--type", "luks2", "--cipher", cipher,
-            "--key-size", str(len(volume_key) * 8), "--sector-size", str(sector_size),
-            "--offset", str(data_offset // 512), "--uuid", uuid, *pol.args("luks2")]
-    with proc.secret_fd(volume_key, "byok-vk") as (fd, fd_path):
-        _run(path, [*args, "--volume-key-file", fd_path, "--key-file=-", str(path)],
-             what="rewrite header", key=passphrase, pass_fds=(fd,), redact=(volume_key,))
-    return dump(path)
 
 
 def repair(path: Path, passphrase: Sensitive) -> None:
@@ -502,7 +473,8 @@ def encrypt_file(
         _run(out, ["reencrypt", "--encrypt", "--type", "luks2", "--batch-mode",
                    "--force-offline-reencrypt", "--reduce-device-size", f"{reduce >> 20}M",
                    "--cipher", cipher, "--key-size", str(key_bits), *pol.args("luks2"),
-                   "--key-file=-", str(out)], what="encrypt image", key=passphrase)
+                   "--key-file=-", str(out)], what="encrypt image", key=passphrase,
+             cwd=out.parent)  # a killed run leaves its temporary header there, not in cwd
         info = dump(out)
         os.truncate(out, info.data_offset + size)
         return info
@@ -512,17 +484,23 @@ def encrypt_file(
 
 
 def reencrypt(path: Path, passphrase: Sensitive, *, slot: int | None = None,
-              resume: bool = False, timeout: float = 3600.0) -> None:
+              resume: bool = False, policy: str | PbkdfPolicy | None = None,
+              timeout: float = 3600.0) -> None:
     """Re-encrypt all data of a LUKS2 file with a new volume key, offline (no dm needed).
 
-    Only the keyslot ``passphrase`` opens survives (re-wrapped around the new volume key).
-    cryptsetup's LUKS2 reencryption is resilient: if interrupted, run again with
-    ``resume=True`` (``--resume-only``) to finish.
+    The keyslot ``slot`` (which ``passphrase`` opens) is re-made around the new volume key
+    (with ``policy``'s PBKDF); every other keyslot of the old volume key is removed when
+    cryptsetup finishes. An interrupted run is resumed with ``resume=True``
+    (``--resume-only``) — but see :func:`byok.lifecycle.rotation.finish_reencryption` for the states
+    where cryptsetup 2.6.1's resume must not be used.
     """
     args = ["reencrypt", "--batch-mode", "--force-offline-reencrypt"]
     if resume:
         args.append("--resume-only")
-    elif slot is not None:
-        args += ["--key-slot", str(slot)]
+    else:
+        if slot is not None:
+            args += ["--key-slot", str(slot)]
+        if policy is not None:
+            args += get_policy(policy).args("luks2")
     _run(path, [*args, "--key-file=-", str(path)], what="reencrypt", key=passphrase,
          timeout=timeout)

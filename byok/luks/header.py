@@ -7,6 +7,12 @@ the LUKS1 on-disk format spec (592-byte big-endian header, 8 keyslots) and the L
 Every malformed input raises :class:`~byok.common.errors.HeaderCorrupt` or
 :class:`~byok.common.errors.NotLuks` — a hypothesis property test feeds random and bit-flipped
 headers to hold it to that.
+
+LUKS2 is read whole, because offline recovery of an interrupted re-encryption depends on all of
+it: every segment (``crypt`` or ``linear``, with its flags ``in-reencryption``,
+``backup-previous``, ``backup-final``, ``backup-moved-segment``), which digest each segment and
+each keyslot is bound to, the ``online-reencrypt-v2``/``-v3`` requirement and the ``reencrypt``
+keyslot (mode, direction, resilience area). :mod:`byok.luks.reencstate` interprets them.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from byok.common.errors import HeaderCorrupt, NotLuks
 
@@ -63,15 +69,45 @@ class Digest:
     salt: bytes
     digest: bytes
     keyslots: tuple[int, ...] = ()
+    segments: tuple[int, ...] = ()  # LUKS2: the data segments this key decrypts
+    id: int = 0
 
 
 @dataclass(frozen=True)
 class Segment:
-    offset: int  # bytes, where ciphertext starts (on the data device)
-    size: int | None  # bytes, None = up to the end of the device
-    cipher: str  # aes-xts-plain64
+    offset: int  # bytes, where the segment starts on the data device
+    size: int | None  # bytes, None = "dynamic" (up to the end of the device)
+    cipher: str  # aes-xts-plain64; "" for a linear (plaintext) segment
     sector_size: int
     iv_tweak: int = 0
+    id: int = 0
+    type: str = "crypt"  # crypt | linear
+    flags: tuple[str, ...] = ()
+
+    @property
+    def backup(self) -> bool:
+        """A re-encryption's description of the old/new/moved layout, not a data segment."""
+        return any(f.startswith("backup-") for f in self.flags)
+
+    @property
+    def hot(self) -> bool:
+        """The hotzone an interrupted re-encryption was rewriting (cryptsetup's crash state)."""
+        return "in-reencryption" in self.flags
+
+
+@dataclass(frozen=True)
+class ReencryptSlot:
+    """LUKS2's ``reencrypt`` keyslot: no key, only how the re-encryption protects its hotzone."""
+
+    slot: int
+    mode: str  # reencrypt | encrypt | decrypt
+    direction: str  # forward | backward
+    resilience: str  # checksum | journal | datashift | none | datashift-checksum | ...
+    area_offset: int
+    area_size: int
+    hash: str | None = None  # checksum
+    hash_block: int | None = None  # checksum: bytes covered by one stored hash
+    shift_size: int | None = None  # datashift
 
 
 @dataclass(frozen=True)
@@ -87,6 +123,26 @@ class LuksHeader:
     seqid: int = 0
     used_secondary: bool = False
     json: dict = field(default_factory=dict, compare=False, repr=False)
+    segments: tuple[Segment, ...] = ()  # all of them, backup segments included, by id
+    requirements: tuple[str, ...] = ()  # LUKS2 config.requirements.mandatory
+    reencrypt: ReencryptSlot | None = None
+    hdr_size: int = 0  # LUKS2: bytes of one header copy (binary header + JSON area)
+    #: LUKS2: seqid of the other header copy if it is valid (None: absent or damaged)
+    other_seqid: int | None = None
+    #: LUKS2: the seqid field of the other copy when that copy fails its checksum
+    other_torn_seqid: int | None = None
+
+    @property
+    def commit_in_flight(self) -> bool:
+        """The process stopped inside this very header write, after nothing else: cryptsetup
+        writes the primary copy, then the secondary (its binary header first, with the new
+        seqid), and starts nothing else before both are written. So: the primary was read, and
+        the secondary is either valid and older, or torn with this commit's seqid."""
+        if self.version != 2 or self.used_secondary:
+            return False
+        if self.other_seqid is not None:
+            return self.other_seqid < self.seqid
+        return self.other_torn_seqid == self.seqid
 
     @property
     def cipher(self) -> str:
@@ -173,16 +229,18 @@ def parse_luks1(data: bytes) -> LuksHeader:
     if payload_offset == 0:
         raise HeaderCorrupt("LUKS1 payload offset is zero")
     digest = Digest("pbkdf2", hash_name, mk_iter, mk_salt, mk_digest,
-                    tuple(k.slot for k in slots))
+                    tuple(k.slot for k in slots), segments=(0,))
+    segment = Segment(payload_offset * 512, None, cipher, 512)
     return LuksHeader(
         version=1,
         uuid=uuid_s,
         label="",
         keyslots=tuple(slots),
         digests=(digest,),
-        segment=Segment(payload_offset * 512, None, cipher, 512),
+        segment=segment,
         key_bytes=key_bytes,
         header_size=payload_offset * 512,
+        segments=(segment,),
     )
 
 
@@ -231,6 +289,7 @@ def parse_luks2(data: bytes) -> LuksHeader:
     """Parse the newest valid copy of a LUKS2 header (primary, else secondary)."""
     candidates = []
     errors = []
+    torn_seqids: list[int] = []
     offsets = [0]
     try:
         if data[:6] == MAGIC1:
@@ -251,12 +310,18 @@ def parse_luks2(data: bytes) -> LuksHeader:
             candidates.append((fields["seqid"], off, fields, meta))
         except (HeaderCorrupt, ValueError, UnicodeDecodeError) as e:
             errors.append(f"{off:#x}: {e}")
+            if len(data) >= off + 24:  # a copy caught mid-write still shows the seqid it gets
+                torn_seqids.append(struct.unpack_from(">Q", data, off + 16)[0])
     if not candidates:
         raise HeaderCorrupt("no valid LUKS2 header copy: " + "; ".join(errors or ["none found"]))
     _seqid, off, fields, meta = max(candidates, key=lambda c: (c[0], -c[1]))
+    others = [c[0] for c in candidates if c[1] != off]
     try:
-        return _luks2_from_json(fields, meta, used_secondary=off != 0)
-    except (KeyError, TypeError, ValueError) as e:
+        h = _luks2_from_json(fields, meta, used_secondary=off != 0)
+        if others:
+            return replace(h, other_seqid=max(others))
+        return replace(h, other_torn_seqid=max(torn_seqids)) if torn_seqids else h
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HeaderCorrupt(f"LUKS2 JSON metadata is malformed: {type(e).__name__}: {e}") from None
 
 
@@ -266,22 +331,80 @@ def _b64(s: str) -> bytes:
     return base64.b64decode(s, validate=True)
 
 
+def _uint(v, what: str) -> int:
+    """A LUKS2 JSON number: a decimal string (u64 fields) or a JSON int; never negative."""
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise HeaderCorrupt(f"LUKS2 {what} is not a number: {v!r}")
+    if isinstance(v, str) and not v.isdigit():
+        raise HeaderCorrupt(f"LUKS2 {what} is not a decimal number: {v!r}")
+    n = int(v)
+    if n < 0 or n >= 1 << 64:
+        raise HeaderCorrupt(f"LUKS2 {what} is out of range: {v!r}")
+    return n
+
+
+def _ids(values, what: str) -> tuple[int, ...]:
+    if not isinstance(values, list):
+        raise HeaderCorrupt(f"LUKS2 {what} is not a list")
+    return tuple(_uint(x, what) for x in values)
+
+
+def _segment(sid: str, s: dict) -> Segment:
+    kind = s.get("type")
+    if kind not in ("crypt", "linear"):
+        raise HeaderCorrupt(f"LUKS2 segment {sid} has unknown type {kind!r}")
+    flags = s.get("flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise HeaderCorrupt(f"LUKS2 segment {sid} has malformed flags")
+    size = None if s["size"] == "dynamic" else _uint(s["size"], f"segment {sid} size")
+    if kind == "crypt":
+        sector = _uint(s.get("sector_size", 512), f"segment {sid} sector size")
+        if sector not in (512, 1024, 2048, 4096):
+            raise HeaderCorrupt(f"LUKS2 sector size {sector} is invalid")
+        cipher = s["encryption"]
+        if not isinstance(cipher, str) or not cipher:
+            raise HeaderCorrupt(f"LUKS2 segment {sid} names no cipher")
+        iv = _uint(s.get("iv_tweak", "0"), f"segment {sid} iv_tweak")
+    else:
+        sector, cipher, iv = 512, "", 0
+    return Segment(offset=_uint(s["offset"], f"segment {sid} offset"), size=size, cipher=cipher,
+                   sector_size=sector, iv_tweak=iv, id=_uint(sid, "segment id"), type=kind,
+                   flags=tuple(flags))
+
+
+def _reencrypt_slot(sid: str, k: dict) -> ReencryptSlot:
+    area = k["area"]
+    mode, direction, resilience = k.get("mode"), k.get("direction"), area.get("type")
+    if mode not in ("reencrypt", "encrypt", "decrypt") or direction not in ("forward",
+                                                                             "backward"):
+        raise HeaderCorrupt(f"LUKS2 reencrypt keyslot {sid} has mode {mode!r}, "
+                            f"direction {direction!r}")
+    if not isinstance(resilience, str):
+        raise HeaderCorrupt(f"LUKS2 reencrypt keyslot {sid} names no resilience type")
+    block = area.get("sector_size")
+    return ReencryptSlot(
+        slot=_uint(sid, "keyslot id"), mode=mode, direction=direction, resilience=resilience,
+        area_offset=_uint(area["offset"], "reencrypt area offset"),
+        area_size=_uint(area["size"], "reencrypt area size"),
+        hash=str(area["hash"]) if "hash" in area else None,
+        hash_block=_uint(block, "checksum sector size") if block is not None else None,
+        shift_size=_uint(area["shift_size"], "shift size") if "shift_size" in area else None,
+    )
+
+
 def _luks2_from_json(fields: dict, meta: dict, *, used_secondary: bool) -> LuksHeader:
     segs = meta["segments"]
-    if "0" not in segs or segs["0"].get("type") != "crypt":
-        raise HeaderCorrupt("LUKS2 has no crypt segment 0 (reencryption in progress?)")
-    s = segs["0"]
-    segment = Segment(
-        offset=int(s["offset"]),
-        size=None if s["size"] == "dynamic" else int(s["size"]),
-        cipher=str(s["encryption"]),
-        sector_size=int(s.get("sector_size", 512)),
-        iv_tweak=int(s.get("iv_tweak", "0")),
-    )
-    if segment.sector_size not in (512, 1024, 2048, 4096):
-        raise HeaderCorrupt(f"LUKS2 sector size {segment.sector_size} is invalid")
+    if not isinstance(segs, dict) or "0" not in segs:
+        raise HeaderCorrupt("LUKS2 has no segment 0")
+    segments = tuple(sorted((_segment(k, v) for k, v in segs.items()), key=lambda x: x.id))
     slots = []
+    reenc = None
     for sid, k in sorted(meta.get("keyslots", {}).items(), key=lambda kv: int(kv[0])):
+        if k.get("type") == "reencrypt":
+            if reenc is not None:
+                raise HeaderCorrupt("LUKS2 has two reencrypt keyslots")
+            reenc = _reencrypt_slot(sid, k)
+            continue
         if k.get("type") != "luks2":
             continue
         kd = k["kdf"]
@@ -312,7 +435,7 @@ def _luks2_from_json(fields: dict, meta: dict, *, used_secondary: bool) -> LuksH
             )
         )
     digests = []
-    for d in meta.get("digests", {}).values():
+    for did, d in sorted(meta.get("digests", {}).items(), key=lambda kv: int(kv[0])):
         if d.get("type") != "pbkdf2":
             continue
         digests.append(
@@ -322,11 +445,16 @@ def _luks2_from_json(fields: dict, meta: dict, *, used_secondary: bool) -> LuksH
                 iterations=int(d["iterations"]),
                 salt=_b64(d["salt"]),
                 digest=_b64(d["digest"]),
-                keyslots=tuple(int(x) for x in d.get("keyslots", [])),
+                keyslots=_ids(d.get("keyslots", []), f"digest {did} keyslots"),
+                segments=_ids(d.get("segments", []), f"digest {did} segments"),
+                id=int(did),
             )
         )
     key_bytes = slots[0].key_bytes if slots else 0
     config = meta.get("config", {})
+    reqs = config.get("requirements", {}).get("mandatory", [])
+    if not isinstance(reqs, list) or not all(isinstance(r, str) for r in reqs):
+        raise HeaderCorrupt("LUKS2 requirements are malformed")
     header_size = 2 * fields["hdr_size"] + int(config.get("keyslots_size", 0))
     return LuksHeader(
         version=2,
@@ -334,12 +462,16 @@ def _luks2_from_json(fields: dict, meta: dict, *, used_secondary: bool) -> LuksH
         label=fields["label"],
         keyslots=tuple(slots),
         digests=tuple(digests),
-        segment=segment,
+        segment=segments[0],
         key_bytes=key_bytes,
         header_size=header_size,
         seqid=fields["seqid"],
         used_secondary=used_secondary,
         json=meta,
+        segments=segments,
+        requirements=tuple(reqs),
+        reencrypt=reenc,
+        hdr_size=fields["hdr_size"],
     )
 
 

@@ -1,4 +1,5 @@
-"""Sector decryption for offline recovery: dm-crypt's IV schemes over AES.
+"""Sector decryption (and, for checking re-encryption hotzones, encryption) for offline recovery:
+dm-crypt's IV schemes over AES.
 
 LUKS data is encrypted per sector; the IV of a sector is its number (``plain64``: 64-bit
 little-endian, counted in 512-byte units even for 4096-byte sectors, as dm-crypt does without
@@ -6,9 +7,10 @@ little-endian, counted in 512-byte units even for 4096-byte sectors, as dm-crypt
 os-brick and qemu-img produce: ``aes-xts-plain64`` (the default everywhere), ``aes-xts-plain``,
 ``aes-cbc-essiv:sha256`` and ``aes-cbc-plain64``.
 
-``aes-xts-plain64`` uses the native kernel :mod:`byok._xtsfast` (``native/xts_aesni.c``: AES-NI,
-or VAES/AVX-512 when the CPU has it) when it was built, and otherwise one ``cryptography`` XTS
-context per sector (correct, much slower). Everything is checked against ``cryptography``.
+``aes-xts-plain64`` uses the native loop :mod:`byok._xtsfast` (``native/xts_evp.c``: OpenSSL's
+libcrypto, one EVP context per call and one IV reset per sector) when it was built, and
+otherwise one ``cryptography`` XTS context per sector (correct, much slower). No AES is
+implemented in byok; everything is checked against ``cryptography``.
 """
 
 from __future__ import annotations
@@ -84,4 +86,21 @@ class SectorCipher:
     def decrypt(self, data: bytes, first_iv: int) -> bytes:
         out = bytearray(len(data))
         self.decrypt_into(data, out, first_iv)
+        return bytes(out)
+
+    def encrypt(self, data: bytes | bytearray | memoryview, first_iv: int) -> bytes:
+        """Encrypt whole sectors: what cryptsetup would have written for this plaintext.
+
+        Recovery uses it only to *check* candidates (a hotzone block's old ciphertext against
+        cryptsetup's stored checksum), never to write a volume."""
+        out = bytearray(len(data))
+        if self._native is not None:
+            self._native.encrypt_into(self.key, data, out, first_iv, self.sector, self.step)
+            return bytes(out)
+        alg = algorithms.AES(self.key)
+        view = memoryview(data)
+        for i in range(0, len(view), self.sector):
+            iv = self._iv(first_iv + (i // self.sector) * self.step)
+            m = modes.XTS(iv) if self.mode == "xts" else modes.CBC(iv)
+            out[i : i + self.sector] = Cipher(alg, m).encryptor().update(view[i : i + self.sector])
         return bytes(out)

@@ -159,3 +159,77 @@ def test_qemu_made_luks1_other_ciphers(tmp_path, raw, cipher_mode, ivgen):
     out2 = tmp_path / "q2.plain"
     recovery.recover(img, out2, passphrase=other, header=hdr)
     assert out2.read_bytes() == out.read_bytes()
+
+
+def test_an_unbound_keyslot_never_decrypts_the_data(tmp_path, raw):
+    """A keyslot whose digest is bound to no segment (what a crashed re-encryption leaves, or
+    ``luksAddKey --unbound``) opens a key that decrypts nothing: recovery with its passphrase
+    is WrongKey (exit 5) — not exit 0 with garbage."""
+    pw, stray = Sensitive(os.urandom(32).hex()), Sensitive(os.urandom(32).hex())
+    img = tmp_path / "img.luks"
+    luks2_image(raw, img, pw, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
+    with proc.secret_fd(stray) as (fd, path):
+        proc.run(["cryptsetup", "luksAddKey", "--batch-mode", "--unbound", "--key-size", "512",
+                  "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", str(img), path],
+                 pass_fds=(fd,))
+    dumped = proc.run(["cryptsetup", "luksDump", str(img)]).out
+    assert "1: luks2 (unbound)" in dumped  # cryptsetup's own view: slot 1 binds no segment
+    with pytest.raises(WrongKey):
+        recovery.recover(img, tmp_path / "x", passphrase=stray)
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "ok.plain"
+    assert recovery.recover(img, out, passphrase=pw)["slot"] == 0
+    assert out.read_bytes() == raw.read_bytes()
+
+
+def _crashed(tmp_path, shape, n):
+    from byok.harness import crashenum
+
+    base = crashenum.build(shape, tmp_path / "lab")
+    crashenum.count_writes(base)
+    return base, crashenum.kill_at(base, n)
+
+
+def test_cli_refuses_what_it_cannot_vouch_for_exit_15_nothing_written(tmp_path):
+    """Resilience 'none' killed after its data writes began: the header still says "old" for
+    bytes that may be new. The CLI exits 15, names the byte ranges (and --json lists them),
+    and writes nothing."""
+    import json
+
+    from byok.harness import crashenum
+
+    base, c = _crashed(tmp_path, crashenum.Shape(resilience="none"), 17)
+    pwf = tmp_path / "pass.txt"
+    pwf.write_bytes(base.passphrase.reveal())
+    byok = [sys.executable, "-m", "byok.cli", "recover", str(c.image), "--passphrase-file",
+            str(pwf)]
+    out = tmp_path / "out.plain"
+    r = subprocess.run([*byok, "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 15, r.stderr
+    assert "refused: bytes" in r.stderr and "resilience 'none'" in r.stderr
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    r = subprocess.run([*byok, "--check", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 15
+    doc = json.loads(r.stdout)
+    assert doc["refused"] and all(x["end"] > x["start"] for x in doc["refused"])
+    assert doc["reencryption"]["resilience"] == "none"
+
+
+def test_cli_reports_the_keys_and_state_of_an_interrupted_reencryption(tmp_path):
+    """A checksum re-encryption killed in its hotzone: recovered exactly, and --check --json
+    says which digests/keyslots and which state were used."""
+    import json
+
+    from byok.harness import crashenum
+
+    base, c = _crashed(tmp_path, crashenum.Shape(), 20)
+    pwf = tmp_path / "pass.txt"
+    pwf.write_bytes(base.passphrase.reveal())
+    r = subprocess.run([sys.executable, "-m", "byok.cli", "recover", str(c.image),
+                        "--passphrase-file", str(pwf), "--check", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["reencryption"]["status"] == "crash" and doc["metadata_verified"] is True
+    assert len(doc["keys"]) == 2 and doc["hotzone"]["resilience"] == "checksum"
+    assert recovery.read_plaintext(c.image, base.passphrase, len(base.plain)) == base.plain

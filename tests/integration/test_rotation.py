@@ -222,7 +222,8 @@ def test_a_killed_operation_keeps_the_volume_locked_while_its_cryptsetup_runs(sv
         pass
 
 
-@pytest.mark.parametrize("point", ["reencrypt:started", "reencrypt:reencrypted", "added"])
+@pytest.mark.parametrize("point", ["reencrypt:started", "reencrypt:added", "reencrypt:reencrypted",
+                                   "reencrypt:saved"])
 def test_reencryption_crash_at_a_step_resumes_to_the_new_key(svc, make_key, tmp_path, point):
     old, _ = make_key("alice")
     new, _ = make_key("alice")
@@ -236,14 +237,19 @@ def test_reencryption_crash_at_a_step_resumes_to_the_new_key(svc, make_key, tmp_
                         "--key-ref", new.href, "--as", "alice"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr
-    assert svc.pool.load(vol.id).state in ("reencrypting", "rotating")
-    with pytest.raises(VolumeBusy):
-        svc.clone(vol.id)
+    rec = svc.pool.load(vol.id)
+    assert rec.state == ("available" if point == "reencrypt:saved" else "reencrypting")
+    if point != "reencrypt:saved":
+        with pytest.raises(VolumeBusy):
+            svc.clone(vol.id)
     rec = rotation.rotate(svc, vol.id, "", resume_only=True)
     assert rec.key_ref == new.href and rec.state == "available"
     assert not rotation.reencrypt_journal_for(svc, vol.id).path.exists()
     new_pw = keys.passphrase(svc.key(new))
     assert luks.volume_key(path, new_pw) != vk_before
+    with pytest.raises(WrongKey):  # the old key opens nothing any more
+        luks.test_key(path, keys.passphrase(svc.key(old)))
+    assert svc.header_backups(vol.id) == []
     out = tmp_path / "out.plain"
     recovery.recover(path, out, passphrase=new_pw)
     assert out.read_bytes() == raw.read_bytes()

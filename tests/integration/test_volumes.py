@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from byok.common.errors import KeyAccessDenied, VolumeBusy, WrongKey
+from byok.common.errors import KeyAccessDenied, NotLuks, VolumeBusy, WrongKey
 from byok.common.pattern import pattern
 from byok.keys import guard
 from byok.keys import resolver as keys
@@ -155,7 +155,8 @@ def test_header_backup_brings_back_a_zeroed_header(svc, make_key):
     path = svc.pool.path(vol.id)
     with open(path, "r+b") as f:
         f.write(bytes(64 << 10))
-    with pytest.raises(Exception):  # noqa: B017 - NotLuks or HeaderCorrupt, both are right
+    # Both header copies (0 and 16 KiB) are gone and no LUKS magic is left: "not LUKS".
+    with pytest.raises(NotLuks, match="not a LUKS volume"):
         luks.test_key(path, pw_of(svc, ref))
     svc.header_restore(vol.id)
     assert luks.test_key(path, pw_of(svc, ref)) == 0
@@ -163,7 +164,8 @@ def test_header_backup_brings_back_a_zeroed_header(svc, make_key):
 
 def test_user_deletes_a_key_still_in_use(svc, make_key, barbican, tmp_path):
     """What every later operation does (design/notes/lifecycle.md has the table)."""
-    from byok.common.errors import KeyNotFound, SecretConflict
+    from byok.common.errors import KeyNotFound
+    from byok.keys.barbican import SecretConflict
     from byok.lifecycle import rotation
 
     ref, raw = make_key("alice")

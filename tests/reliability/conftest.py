@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 from byok.common.sensitive import Sensitive
-from byok.luks import header as luksheader
 from byok.luks import recovery
-from byok.luks import sectors as xts
 
 COUNTS: dict[str, int] = {}
 
@@ -26,16 +24,7 @@ def counts():
 
 def plaintext_sha(path: Path, pw: Sensitive, nbytes: int = 1 << 20) -> str:
     """SHA-256 of the first ``nbytes`` of plaintext, decrypted offline (no dm)."""
-    h = luksheader.read(str(path))
-    u = recovery.unlock(h, path, pw)
-    seg = h.segment
-    with open(path, "rb") as f:
-        f.seek(seg.offset)
-        data = f.read(nbytes)
-    data += bytes(-len(data) % seg.sector_size)
-    plain = xts.SectorCipher(seg.cipher, u.volume_key.reveal(), seg.sector_size).decrypt(
-        data, seg.iv_tweak)
-    return hashlib.sha256(plain[:nbytes]).hexdigest()
+    return hashlib.sha256(recovery.read_plaintext(path, pw, nbytes)).hexdigest()
 
 
 def file_sha(path: Path) -> str:

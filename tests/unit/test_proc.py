@@ -47,5 +47,5 @@ def test_missing_tool_names_the_apt_package(monkeypatch):
 def test_secret_fd_is_readable_by_the_child_and_never_a_file():
     secret = Sensitive(b"from-a-memfd")
     with proc.secret_fd(secret) as (fd, path):
-        assert path.startswith("/dev/fd/")
+        assert path.startswith("/proc/self/fd/")
         assert proc.run(["cat", path], pass_fds=(fd,)).stdout == b"from-a-memfd"

@@ -1,0 +1,146 @@
+/*
+ * fault_inject — an LD_PRELOAD fault injector for the crash lab (byok.harness.crashenum).
+ *
+ * It stands in for a host dying at one precise system call. Every write(2), fsync(2),
+ * fdatasync(2) and rename(2)/renameat(2) call of the processes it is loaded into is counted
+ * in one counter shared by the whole process tree (a file, incremented under flock); the call
+ * that makes it BYOK_FAULT_AT:
+ *
+ *   - BYOK_FAULT_TORN_BYTES unset: is not made, and the process is killed (SIGKILL) — or, with
+ *     BYOK_FAULT_KILL=group, its whole process group (the "power cut": nothing after it runs);
+ *   - BYOK_FAULT_TORN_BYTES=k (write only): reaches the file with only its first k bytes (what
+ *     a power cut leaves of a write), then the kill.
+ *
+ * BYOK_FAULT_EXE=name counts only in processes whose executable is called name (e.g.
+ * "cryptsetup": the calls of byok's own Python process pass uncounted); BYOK_FAULT_WRITES_ONLY
+ * counts write(2) alone (the numbering of strace -e inject=write:...:when=N). With BYOK_FAULT_AT=0
+ * nothing is injected: the counter just counts (how many calls an operation makes);
+ * BYOK_FAULT_LOG=file appends one line per counted call: "n kind bytes exe".
+ * Only the test harness loads it; it is built from this file at run time, never installed.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+static int active = -1;
+
+static int enabled(void) {
+    if (active < 0) {
+        const char *exe = getenv("BYOK_FAULT_EXE");
+        active = getenv("BYOK_FAULT_COUNTER") != NULL;
+        if (active && exe && *exe) {
+            char buf[4096];
+            ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+            buf[n > 0 ? n : 0] = 0;
+            const char *base = strrchr(buf, '/');
+            active = strcmp(base ? base + 1 : buf, exe) == 0;
+        }
+    }
+    return active;
+}
+
+static void note(long n, const char *kind, size_t bytes) {
+    const char *log = getenv("BYOK_FAULT_LOG");
+    if (!log || n <= 0)
+        return;
+    int fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    char exe[4096], line[4200];
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[k > 0 ? k : 0] = 0;
+    const char *base = strrchr(exe, '/');
+    int len = snprintf(line, sizeof line, "%ld %s %zu %s\n", n, kind, bytes, base ? base + 1 : exe);
+    static ssize_t (*real)(int, const void *, size_t);
+    if (!real)
+        real = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    if (real(fd, line, (size_t)len) < 0)
+        len = 0;
+    close(fd);
+}
+
+/* This call's number in the tree-wide sequence (1-based); 0 if not counting. */
+static long next_call(void) {
+    if (!enabled())
+        return 0;
+    int fd = open(getenv("BYOK_FAULT_COUNTER"), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return 0;
+    flock(fd, LOCK_EX);
+    char buf[32] = {0};
+    long n = pread(fd, buf, sizeof buf - 1, 0) > 0 ? atol(buf) : 0;
+    n++;
+    int len = snprintf(buf, sizeof buf, "%ld\n", n);
+    if (pwrite(fd, buf, (size_t)len, 0) < 0)
+        n = 0;
+    flock(fd, LOCK_UN);
+    close(fd);
+    return n;
+}
+
+static void die(void) {
+    const char *how = getenv("BYOK_FAULT_KILL");
+    if (how && strcmp(how, "group") == 0)
+        kill(0, SIGKILL);
+    kill(getpid(), SIGKILL);
+    pause();
+}
+
+static int hit(long n) {
+    const char *at = getenv("BYOK_FAULT_AT");
+    return n > 0 && at && atol(at) == n;
+}
+
+ssize_t write(int fd, const void *buf, size_t len) {
+    static ssize_t (*real)(int, const void *, size_t);
+    if (!real)
+        real = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    long n = next_call();
+    note(n, "write", len);
+    if (hit(n)) {
+        const char *b = getenv("BYOK_FAULT_TORN_BYTES");
+        if (b) {
+            size_t keep = strtoul(b, NULL, 10);
+            if (keep > len)
+                keep = len;
+            off_t pos = lseek(fd, 0, SEEK_CUR);
+            /* The descriptor may be O_DIRECT (aligned lengths only): write the prefix through
+             * a plain descriptor of the same file, at the same position, durably. */
+            char path[64];
+            snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+            int plain = open(path, O_WRONLY | O_CLOEXEC);
+            if (plain >= 0) {
+                if (pwrite(plain, buf, keep, pos) >= 0)
+                    fsync(plain);
+                close(plain);
+            }
+        }
+        die();
+    }
+    return real(fd, buf, len);
+}
+
+#define SIMPLE(name, proto, args)                                                            \
+    int name proto {                                                                         \
+        static int(*real) proto;                                                             \
+        if (!real)                                                                           \
+            real = (int(*) proto)dlsym(RTLD_NEXT, #name);                                    \
+        if (!getenv("BYOK_FAULT_WRITES_ONLY")) {                                            \
+            long n = next_call();                                                            \
+            note(n, #name, 0);                                                               \
+            if (hit(n))                                                                      \
+                die();                                                                       \
+        }                                                                                    \
+        return real args;                                                                    \
+    }
+
+SIMPLE(fsync, (int fd), (fd))
+SIMPLE(fdatasync, (int fd), (fd))
+SIMPLE(rename, (const char *a, const char *b), (a, b))
+SIMPLE(renameat, (int fa, const char *a, int fb, const char *b), (fa, a, fb, b))
