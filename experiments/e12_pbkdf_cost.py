@@ -2,7 +2,7 @@
 
 import time
 
-from byok.bench.kdf import parallel_unlocks
+from byok.harness.measures import parallel_unlocks
 from byok.common.sensitive import Sensitive
 from byok.guest import Disk, Guest
 from byok.harness.registry import experiment
