@@ -23,6 +23,8 @@ CRASH_ENV = "BYOK_CRASH_AT"  # byok.lifecycle.rotation.crash_point kills itself 
 
 @dataclass(frozen=True)
 class Killed:
+    """How a byok run that was to be killed ended."""
+
     returncode: int
     err: str
 
@@ -34,6 +36,8 @@ class Killed:
 
 @dataclass(frozen=True)
 class Wiped:
+    """The deployment's Barbican while :meth:`ProcessVerbs.barbican_wiped` holds it away."""
+
     db: Path
     stack: object
 
