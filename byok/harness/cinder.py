@@ -152,3 +152,46 @@ def qemu_sha256(path: Path, passphrase: Sensitive, size: int, out: Path, *,
         return hashlib.sha256(out.read_bytes()[:size]).hexdigest()
     finally:
         out.unlink(missing_ok=True)
+
+
+# -- for the experiments -------------------------------------------------------------------------
+def track(ctx: Any, cinder: Any, kind: str, rid: str) -> str:
+    """Delete the resource when the experiment ends (if it still exists)."""
+    def gone() -> None:
+        try:
+            cinder.delete_and_wait(kind, rid)
+        except ByokError:
+            pass
+
+    ctx.on_cleanup(gone)
+    return rid
+
+
+def make(ctx: Any, cinder: Any, kind: str, create: Any, *, want: str = "available") -> dict:
+    """Create a resource (``create()`` returns Cinder's answer), track it, wait for ``want``."""
+    res = create()
+    rid = res["volume_id"] if "volume_id" in res and "id" not in res else res["id"]
+    track(ctx, cinder, kind, rid)
+    return cinder.wait(kind, rid, want)
+
+
+def volume_file(env: Any, cinder: Any, volume_id: str) -> tuple[Path, str]:
+    """(file, format) of a volume as its connection_info names it (an attachment that is
+    deleted again, with Nova's service token as Nova deletes its own)."""
+    att, ci, _enc = attach_like_nova(cinder, volume_id)
+    cinder.detach(att["id"], service=env.identity("nova"))
+    return Path(ci["data"]["device_path"]), ci["data"].get("format") or "raw"
+
+
+def lock_waits(trace: Path, name: str, since: float) -> list[dict]:
+    """The trace records of lock ``name`` acquired after ``since`` (epoch seconds)."""
+    import json
+
+    if not trace.exists():
+        return []
+    out = []
+    for line in trace.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["lock"] == name and rec["acquired_at"] >= since:
+            out.append(rec)
+    return out
