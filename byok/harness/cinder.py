@@ -183,8 +183,8 @@ def volume_file(env: Any, cinder: Any, volume_id: str) -> tuple[Path, str]:
     return Path(ci["data"]["device_path"]), ci["data"].get("format") or "raw"
 
 
-def lock_waits(trace: Path, name: str, since: float) -> list[dict]:
-    """The trace records of lock ``name`` acquired after ``since`` (epoch seconds)."""
+def lock_waits(trace: Path, name: str, since: float, until: float) -> list[dict]:
+    """The trace records of lock ``name`` acquired between ``since`` and ``until`` (epoch)."""
     import json
 
     if not trace.exists():
@@ -192,6 +192,6 @@ def lock_waits(trace: Path, name: str, since: float) -> list[dict]:
     out = []
     for line in trace.read_text().splitlines():
         rec = json.loads(line)
-        if rec["lock"] == name and rec["acquired_at"] >= since:
+        if rec["lock"] == name and since <= rec["acquired_at"] <= until:
             out.append(rec)
     return out

@@ -127,7 +127,10 @@ class CinderServices:
         spec = ServerSpec(
             name=f"{self.settings.instance}-api", app="cinder_wsgi:application",
             port=self.settings.api_port, host=self.stack.cfg.host, workdir=self.base / "api",
-            env=self._env(), health_path="/", threads=8, workers=1, python=str(self.python),
+            # One request at a time: four processes share one sqlite file, and concurrent
+            # quota reservations in one API process fail at once with "database is locked"
+            # (a write upgrade sqlite refuses instead of waiting). A deployment uses MySQL.
+            env=self._env(), health_path="/", threads=1, workers=1, python=str(self.python),
             port_hint="byok cinder up --api-port N (or BYOK_CINDER_PORT)")
         return Server(spec, self.run_dir)
 

@@ -59,7 +59,9 @@ report_interval = 5
 periodic_interval = 10
 backup_driver_stats_polling_interval = 10
 debug = False
-# A test cloud: experiments and benchmarks create many volumes (Cinder's default quota is 10).
+# A test cloud: experiments and benchmarks create many volumes (Cinder's default quota is 10;
+# without use_default_quota_class = False the database's default class of 10 would win).
+use_default_quota_class = False
 quota_volumes = -1
 quota_snapshots = -1
 quota_gigabytes = -1
