@@ -111,6 +111,12 @@ class CinderServices:
     def host(self) -> str:
         return f"byok-{self.settings.instance}"
 
+    @property
+    def vhost(self) -> str:
+        """The default deployment uses the broker's ``/``; another one (a benchmark's) a
+        virtual host of its own (see :meth:`Broker.ensure_vhost`)."""
+        return "/" if self.settings.instance == "cinder" else self.settings.instance
+
     def config_files(self) -> list[str]:
         return [str(self.conf), *self.settings.extra_conf]
 
@@ -180,6 +186,7 @@ class CinderServices:
             self._manage("db", "sync")
             if self.broker in started:
                 self.broker.wait_ready()
+            self.broker.ensure_vhost(self.vhost)
             self._catalog()
             say(f"starting cinder-api on {self.api_url} and cinder-scheduler, -volume, -backup")
             if not api.running_pid():
@@ -220,7 +227,8 @@ class CinderServices:
         self.settings.save(self.stack.cfg.state_dir)
         passwords = self.stack.secrets.passwords()
         inputs = cinder_conf.ConfInputs(
-            base=b, tree=self.tree, host=self.host, transport_url=self.broker.transport_url(),
+            base=b, tree=self.tree, host=self.host,
+            transport_url=self.broker.transport_url(self.vhost),
             control_exchange="cinder" if self.settings.instance == "cinder"
             else f"cinder-{self.settings.instance}",
             keystone_url=self.stack.cfg.keystone_url, barbican_url=self.stack.cfg.barbican_url,
