@@ -120,11 +120,17 @@ def run(stack: Any, *, n: int = 8, progress: Callable[[str], None] | None = None
         with contextlib.suppress(Exception):
             owner.delete(ref, force=True)
     leaked = owner.count_secrets() - secrets_at_start
-    out: dict[str, Any] = {"name": "cinder", "unit": "s", "n": n,
-                           "deployments": {"byok": main.api_url, "barbican": stock.api_url},
+    return report(samples, n=n, deployments={"byok": main.api_url, "barbican": stock.api_url},
+                  secrets_left_behind=leaked)
+
+
+def report(samples: dict[str, dict[str, list[float]]], *, n: int, deployments: dict[str, str],
+           secrets_left_behind: int) -> dict:
+    """The JSON of the benchmark from its samples (side -> operation -> seconds)."""
+    out: dict[str, Any] = {"name": "cinder", "unit": "s", "n": n, "deployments": deployments,
                            "target": f"byok p50 / barbican p50 <= {TARGET_RATIO} "
                                      "(create, clone, delete)"}
-    for name in sides:
+    for name in samples:
         out[name] = {op: summary(samples[name][op]) for op in OPS}
     ratios = {op: out["byok"][op]["p50"] / out["barbican"][op]["p50"] for op in OPS}
     out["ratio_p50"] = ratios
@@ -132,6 +138,6 @@ def run(stack: Any, *, n: int = 8, progress: Callable[[str], None] | None = None
     out["ratio_p50_vs_barbican_user_key"] = {
         op: out["byok"][op]["p50"] / out["barbican_user_key"][op]["p50"] for op in OPS}
     # Cinder deletes the keys it ordered with their volumes; the user's key is removed here.
-    out["secrets_left_behind"] = leaked
+    out["secrets_left_behind"] = secrets_left_behind
     out["target_met"] = all(r <= TARGET_RATIO for r in ratios.values())
     return out
