@@ -25,11 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 from byok.bench.stats import summary
+from byok.common.errors import CinderError
 from byok.common.sensitive import Sensitive
 
 TARGET_RATIO = 1.0
 OPS = ("create", "clone", "delete")
 BENCH_INSTANCE = "bench-barbican"
+MAX_ATTEMPTS = 3
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -39,17 +41,36 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def _round(api: Any, key_href: str | None) -> dict[str, float]:
-    """One create, clone and delete on ``api``: seconds each (the clone's delete untimed)."""
+    """One create, clone and delete on ``api``: seconds each (the clone's delete untimed).
+    A failed operation raises CinderError after what it made is deleted."""
     fields = {"volume_type": "luks", "encryption_key_id": key_href}
-    t_create, vol = _timed(lambda: api.wait("volume", api.create_volume(1, **fields)["id"],
-                                            "available"))
+    made: list[str] = []
+
+    def create(**kw: Any) -> dict:
+        vid = api.create_volume(1, **kw)["id"]
+        made.append(vid)
+        return api.wait("volume", vid, "available")
+
     try:
-        t_clone, clone = _timed(lambda: api.wait(
-            "volume", api.create_volume(1, source_volid=vol["id"])["id"], "available"))
+        t_create, vol = _timed(lambda: create(**fields))
+        t_clone, clone = _timed(lambda: create(source_volid=vol["id"]))
         api.delete_and_wait("volume", clone["id"])
-    finally:
         t_delete, _ = _timed(lambda: api.delete_and_wait("volume", vol["id"]))
+    except CinderError:
+        _remove(api, made)
+        raise
     return {"create": t_create, "clone": t_clone, "delete": t_delete}
+
+
+def _remove(api: Any, volume_ids: list[str]) -> None:
+    """Delete volumes a failed round left, newest first, with the snapshots a failed clone
+    leaves on its source (NfsDriver clones through a temporary snapshot)."""
+    for vid in reversed(volume_ids):
+        with contextlib.suppress(CinderError):
+            for snap in api.request("GET", f"/snapshots?volume_id={vid}")["snapshots"]:
+                api.delete_and_wait("snapshot", snap["id"])
+        with contextlib.suppress(CinderError):
+            api.delete_and_wait("volume", vid)
 
 
 @contextlib.contextmanager
@@ -106,22 +127,41 @@ def run(stack: Any, *, n: int = 8, progress: Callable[[str], None] | None = None
             sides = {"byok": (CinderAPI(alice, main.api_url), ref.href),
                      "barbican": (CinderAPI(alice, stock.api_url), None),
                      "barbican_user_key": (CinderAPI(alice, stock.api_url), ref.href)}
+            failures: list[dict[str, str]] = []
             for name, (api, key) in sides.items():  # warm-up, not counted
                 say(f"warm-up {name}")
-                _round(api, key)
+                _attempts(name, api, key, failures, say)
             samples: dict[str, dict[str, list[float]]] = {
                 s: {op: [] for op in OPS} for s in sides}
             for i in range(n):
                 say(f"round {i + 1}/{n}")
                 for name, (api, key) in sides.items():
-                    for op, t in _round(api, key).items():
+                    for op, t in _attempts(name, api, key, failures, say).items():
                         samples[name][op].append(t)
     finally:
         with contextlib.suppress(Exception):
             owner.delete(ref, force=True)
     leaked = owner.count_secrets() - secrets_at_start
-    return report(samples, n=n, deployments={"byok": main.api_url, "barbican": stock.api_url},
-                  secrets_left_behind=leaked)
+    out = report(samples, n=n, deployments={"byok": main.api_url, "barbican": stock.api_url},
+                 secrets_left_behind=leaked)
+    out["failed_rounds"] = failures
+    return out
+
+
+def _attempts(side: str, api: Any, key: str | None, failures: list[dict[str, str]],
+              say: Callable[[str], None]) -> dict[str, float]:
+    """A round on ``side``, repeated after a failure (counted in the JSON), at most
+    MAX_ATTEMPTS times: qemu-img's own PBKDF benchmark fails now and then on a busy machine
+    ("Unable to get accurate CPU usage"), whatever the key manager."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return _round(api, key)
+        except CinderError as e:
+            failures.append({"side": side, "error": e.message[:300]})
+            say(f"  {side}: round failed ({e.message[:80]}), attempt {attempt}/{MAX_ATTEMPTS}")
+            if attempt == MAX_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def report(samples: dict[str, dict[str, list[float]]], *, n: int, deployments: dict[str, str],
