@@ -39,8 +39,7 @@ def _git(*args: str, cwd: Path | None = None) -> str:
                           timeout=300).stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def devstack_dir() -> Path:
+def devstack_checkout() -> Path:
     """devstack at the pinned commit: $BYOK_DEVSTACK_DIR, else the cache, else cloned now."""
     if os.environ.get("BYOK_DEVSTACK_DIR"):
         return Path(os.environ["BYOK_DEVSTACK_DIR"])
@@ -60,6 +59,11 @@ def devstack_dir() -> Path:
     return CACHE
 
 
+@pytest.fixture(scope="module")
+def devstack_dir() -> Path:
+    return devstack_checkout()
+
+
 def readme_line() -> list[str]:
     lines = [ln.strip() for ln in README.read_text().splitlines()
              if ln.strip().startswith("enable_plugin byok ")]
@@ -67,17 +71,38 @@ def readme_line() -> list[str]:
     return shlex.split(lines[0])
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def publish(where: Path) -> tuple[Path, str]:
     """A bare repository standing for the README's URL: this checkout (committed HEAD plus
     the working tree's changes to tracked files) as branch ``main``, the only branch the
     published repository has (so a README line without it fetches devstack's 'master' and
     fails here as it would for a user)."""
-    bare = tmp_path_factory.mktemp("upstream") / "byok.git"
+    bare = where / "byok.git"
     _git("init", "-q", "--bare", str(bare))
     commit = _git("stash", "create", cwd=REPO) or _git("rev-parse", "HEAD", cwd=REPO)
     _git("push", "-q", str(bare), f"{commit}:refs/heads/{PUBLISHED_BRANCH}", cwd=REPO)
     return bare, commit
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return publish(tmp_path_factory.mktemp("upstream"))
+
+
+def readme_localrc(bare: Path, endpoints: str = ENDPOINTS) -> str:
+    """local.conf's localrc: the README's enable_plugin line with ``bare`` as its URL."""
+    words = readme_line()
+    return shlex.join([*words[:2], bare.as_uri(), *words[3:]]) + "\n" + endpoints
+
+
+def plugin_cinder_conf(root: Path, *, auth_endpoint: str, barbican_endpoint: str) -> Path:
+    """The cinder.conf the plugin's post-config writes on a node at ``root`` (devstack's real
+    library, the README's line), pointing at the given Keystone and Barbican."""
+    bare, _commit = publish(root)
+    r = run_phases(devstack_checkout(), root / "node", readme_localrc(
+        bare, f"BYOK_AUTH_ENDPOINT={auth_endpoint}\nBYOK_BARBICAN_ENDPOINT={barbican_endpoint}\n"),
+        "post-config")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return root / "node" / "etc" / "cinder" / "cinder.conf"
 
 
 def run_phases(devstack_dir: Path, root: Path, localrc: str, *phases: str
@@ -98,10 +123,8 @@ def load_backend(path: Path) -> object:
 @pytest.fixture(scope="module")
 def stacked(devstack_dir, upstream, tmp_path_factory):
     bare, commit = upstream
-    words = readme_line()
-    line = shlex.join([*words[:2], bare.as_uri(), *words[3:]])
     root = tmp_path_factory.mktemp("node")
-    localrc = line + "\n" + ENDPOINTS
+    localrc = readme_localrc(bare)
     r = run_phases(devstack_dir, root, localrc, "post-config", "extra")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return root, commit, r, localrc
