@@ -202,6 +202,12 @@ class CinderServices:
                 if d in started:
                     d.wait_ready(lambda n=name: self._service_up(admin, n),
                                  timeout=START_TIMEOUT, what="up in Cinder's os-services")
+            if any(d in started for d in daemons.values()):
+                # "up" is a database heartbeat; a create needs the scheduler to have the
+                # volume service's capabilities (a fanout over RabbitMQ), else "No valid host".
+                daemons["volume"].wait_ready(lambda: self._pool_known(admin),
+                                             timeout=START_TIMEOUT,
+                                             what="a pool known to cinder-scheduler")
             admin.ensure_luks_type()
         except BaseException:
             for s in reversed(started):
@@ -278,6 +284,13 @@ class CinderServices:
             return False
         return any(s["binary"] == BINARIES[name] and s["state"] == "up"
                    and s["status"] == "enabled" for s in services)
+
+    def _pool_known(self, admin) -> bool:
+        try:
+            pools = admin.request("GET", "/scheduler-stats/get_pools")["pools"]
+        except ByokError:
+            return False
+        return any(p["name"].startswith(f"{self.host}@") for p in pools)
 
     # -- down, status ------------------------------------------------------------------------
     def down(self, *, broker: bool = True) -> dict[str, bool]:
