@@ -75,6 +75,8 @@ class Binding:
 
 
 def _secret_id(ref: KeyRef | str) -> str:
+    """The secret id of a KeyRef or a bare UUID (an href string needs its endpoint checked:
+    pass a KeyRef from the resolver)."""
     return ref.secret_id if isinstance(ref, KeyRef) else keyref.parse(ref).secret_id
 
 
@@ -206,8 +208,9 @@ def resolve_recorded(
     must bind this volume to this key — checked first, so a forged consumer never gets the
     key read — and then step 2 as above (the owner's ACL; the consumer still present, as the
     Cinder and Nova patches check it: necessary, not sufficient)."""
-    check_binding(ref, binding, volume_id=volume_id, resource_type=resource_type)
-    return resolve_for_volume(ref, service_identity=service_identity, volume_id=volume_id,
+    checked = Resolver(service_identity, endpoint=endpoint, deadline=deadline)._ref(ref)
+    check_binding(checked, binding, volume_id=volume_id, resource_type=resource_type)
+    return resolve_for_volume(checked, service_identity=service_identity, volume_id=volume_id,
                               service=service, endpoint=endpoint, resource_type=resource_type,
                               deadline=deadline)
 
