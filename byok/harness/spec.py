@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import textwrap
 from pathlib import Path
 
 from byok.harness.report import fmt
@@ -27,6 +28,13 @@ from byok.harness.results import ExperimentResult
 START = re.compile(r"^\.\. evidence: (E\d+)((?:[ \t]+\S+)*)\s*$")
 END = re.compile(r"^\.\. end-evidence\s*$")
 MAX_ROWS = 10
+WIDTH = 79  # cinder-specs and nova-specs wrap at 79 columns (doc8 D001 in the tests)
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    """A paragraph wrapped at WIDTH without breaking words (a literal may span lines)."""
+    return textwrap.wrap(text, WIDTH, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) or [""]
 
 
 def _lit(text: str) -> str:
@@ -52,14 +60,17 @@ def block(exp_id: str, result: ExperimentResult | None, run_id: str,
     """The RST lines of one evidence block's content (measurements matching ``patterns``, or
     the first MAX_ROWS)."""
     if result is None:
-        body = [f"*No result for {exp_id} in run* {_lit(run_id)}."]
+        body = _wrap(f"*No result for {exp_id} in run* {_lit(run_id)}.")
     else:
         ok = sum(c.passed for c in result.checks)
-        body = [f"**{exp_id}** — {result.title.replace('*', '')} · verdict **{result.verdict}** · "
-                f"{ok}/{len(result.checks)} checks passed · run {_lit(run_id)}"]
+        body = _wrap(f"**{exp_id}** — {result.title.replace('*', '')} · verdict "
+                     f"**{result.verdict}** · {ok}/{len(result.checks)} checks passed · run "
+                     f"{_lit(run_id)}")
         failed = [c for c in result.checks if not c.passed]
         if failed:
-            body += [""] + [f"- failed: {c.claim.replace('*', '')}" for c in failed[:5]]
+            body += [""]
+            for c in failed[:5]:
+                body += _wrap(f"- failed: {c.claim.replace('*', '')}", "  ")
         shown = [m for m in result.measurements if isinstance(m.value, (int, float, str))]
         if patterns:
             shown = [m for m in shown if any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
@@ -69,8 +80,8 @@ def block(exp_id: str, result: ExperimentResult | None, run_id: str,
         if rows:
             body += ["", *_table(rows)]
         if len(result.measurements) > len(rows):
-            body += ["", f"({len(result.measurements) - len(rows)} more measurements in the "
-                         f"run's report.)"]
+            body += ["", *_wrap(f"({len(result.measurements) - len(rows)} more measurements "
+                                f"in the run's report.)")]
     # Unindented on purpose: text indented under an RST comment belongs to the comment and
     # would not render.
     return body
