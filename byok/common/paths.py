@@ -18,7 +18,7 @@ from pathlib import Path
 
 def project_root() -> Path | None:
     """The checkout this package was installed from (editable install), if any."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # byok/common/paths.py -> the checkout
     if (here / "pyproject.toml").exists() and (here / "byok").is_dir():
         return here
     return None
