@@ -1,32 +1,8 @@
 """E17 — the trust model on the real Barbican: who may post a consumer, who may rewrite an
 ownership mark, and what the service's own record refuses (H2, H3; issue 17)."""
 
-from castellan import key_manager
-
-from byok.common.errors import KeyAccessDenied, VolumeNotFound
-from byok.harness.registry import experiment
-from byok.key_manager.byok_key_manager import OWNER_KEY, OWNER_SERVICE, configure
-from byok.keys import guard
-from byok.keys import ref as keyref
-from byok.keys.barbican import MICROVERSION, BarbicanAPI
-
-HEADERS = {"OpenStack-API-Version": f"key-manager {MICROVERSION}"}
-
-
-def _status(identity, method, url, body=None):
-    """The HTTP status Barbican answers this identity (the request as a client sends it)."""
-    r = identity.session.request(url, method, json=body, headers=HEADERS, raise_exc=False)
-    return r.status_code
-
-
-def _record(pool, rid, endpoint):
-    """The prototype Cinder's row for ``rid`` as a guard Binding (None: no such volume)."""
-    try:
-        rec = pool.load(rid)
-    except VolumeNotFound:
-        return None
-    key_id = keyref.parse(rec.key_ref, allowed_endpoints=[endpoint]).secret_id
-    return guard.Binding(rec.id, key_id, owner=rec.key_owner, resource_type=rec.kind)
+from byok.common.errors import KeyAccessDenied
+from byok.harness import experiment
 
 
 def _outcome(fn):
@@ -52,38 +28,36 @@ def _outcome(fn):
     needs={"stack"},
 )
 def run(ctx):
-    env = ctx.env
-    url = env.barbican_url.rstrip("/")
-    alice, carol, cinder = ctx.user("alice"), ctx.user("carol"), ctx.user("cinder")
-    others = {"nova": ctx.user("nova"), "bob": ctx.user("bob"), "admin": ctx.user("admin")}
+    cinder = ctx.user("cinder")
+    others = ("nova", "bob", "admin")
     svc = ctx.volumes("alice")
     ref, raw = ctx.user_key("alice")
     vol = svc.create(64 << 20, ref.href, name="e17-bound")  # bound with alice's token, recorded
-    owner = BarbicanAPI(alice, env.barbican_url)
+    owner = ctx.barbican("alice")
     owner.set_acl(ref, users=[cinder.user_id()], project_access=True)  # Barbican's default
-    secret = f"{url}/v1/secrets/{ref.secret_id}"
+    secret = f"/v1/secrets/{ref.secret_id}"
     forged = "e17-never-bound"
 
     # 1. Who may register a consumer on alice's key.
     def post(identity, resource_id, target=secret):
         body = {"service": "cinder", "resource_type": "volume", "resource_id": resource_id}
-        return _status(identity, "POST", f"{target}/consumers", body)
+        return ctx.barbican_status(identity, "POST", f"{target}/consumers", body)
 
-    status = post(cinder, forged)
+    status = post("cinder", forged)
     ctx.measure("consumer_post:cinder+ACL", status, "HTTP")
     ctx.check("the cinder user with the owner's ACL registers a consumer for a volume nobody "
               "bound (2xx)", 200 <= status < 300, str(status))
     no_acl, _ = ctx.user_key("alice")
-    status = post(cinder, "e17-other", f"{url}/v1/secrets/{no_acl.secret_id}")
+    status = post("cinder", "e17-other", f"/v1/secrets/{no_acl.secret_id}")
     ctx.measure("consumer_post:cinder-no-ACL", status, "HTTP")
     ctx.check("without the ACL the cinder user cannot post a consumer (403)", status == 403,
               str(status))
-    for name, identity in others.items():
-        status = post(identity, f"e17-{name}")
+    for name in others:
+        status = post(name, f"e17-{name}")
         ctx.measure(f"consumer_post:{name}", status, "HTTP")
         ctx.check(f"{name} (no ACL, not in alice's project) cannot post a consumer (403)",
                   status == 403, str(status))
-    status = post(carol, "e17-carol")
+    status = post("carol", "e17-carol")
     ctx.measure("consumer_post:carol-member", status, "HTTP")
     ctx.check("carol (alice's project, non-private secret) can post a consumer (2xx)",
               200 <= status < 300, str(status))
@@ -93,39 +67,37 @@ def run(ctx):
     ctx.check("alice sees the forged consumer, and nothing in it says who registered it",
               bool(listed) and not {"project_id", "creator_id", "user_id"} & set(fields),
               str(fields))
-    guard.bind(ref, user=alice, volume_id="e17-extra")
+    ctx.bind_key(ref, "e17-extra", user="alice")
 
     def remove(identity, resource_id):
         body = {"service": "cinder", "resource_type": "volume", "resource_id": resource_id}
-        return _status(identity, "DELETE", f"{secret}/consumers", body)
+        return ctx.barbican_status(identity, "DELETE", f"{secret}/consumers", body)
 
-    status = remove(cinder, "e17-extra")
+    status = remove("cinder", "e17-extra")
     ctx.measure("consumer_delete:cinder-of-alices", status, "HTTP")
     ctx.check("the cinder user cannot remove a consumer registered from alice's project (403: "
               "only the creator's project may)", status == 403, str(status))
-    status = remove(carol, "e17-extra")
+    status = remove("carol", "e17-extra")
     ctx.measure("consumer_delete:carol-of-alices", status, "HTTP")
     ctx.check("carol (the registrant's project) removes it (2xx): a missing consumer is not a "
               "revocation either", 200 <= status < 300, str(status))
-    status = remove(cinder, forged)
+    status = remove("cinder", forged)
     ctx.measure("consumer_delete:cinder-own", status, "HTTP")
     ctx.check("the cinder user removes the consumer it registered itself (2xx)",
               200 <= status < 300, str(status))
-    post(cinder, forged)  # forged again for the guard's turn
-    status = _status(others["admin"], "GET", f"{secret}/payload")
+    post("cinder", forged)  # forged again for the guard's turn
+    status = ctx.barbican_status("admin", "GET", f"{secret}/payload")
     ctx.measure("payload_get:admin", status, "HTTP")
     ctx.check("an admin of another project cannot read the payload (403): an admin-started "
               "operation needs the service path", status == 403, str(status))
 
     # 2. What the guard makes of the forged consumer.
     def consumer_only(volume_id):
-        return lambda: guard.resolve_for_volume(ref, service_identity=cinder,
-                                                volume_id=volume_id, endpoint=env.barbican_url)
+        return lambda: ctx.resolve_for_volume(ref, volume_id, as_user="cinder")
 
     def recorded(volume_id):
-        binding = _record(svc.pool, volume_id, env.barbican_url)
-        return lambda: guard.resolve_recorded(ref, service_identity=cinder, volume_id=volume_id,
-                                              binding=binding, endpoint=env.barbican_url)
+        binding = ctx.volume_binding(svc, volume_id)
+        return lambda: ctx.resolve_recorded(ref, volume_id, binding, as_user="cinder")
 
     got = _outcome(consumer_only(forged))
     ctx.measure("guard:consumer-only:forged", got, "")
@@ -134,46 +106,43 @@ def run(ctx):
     got = _outcome(recorded(forged))
     ctx.measure("guard:record:forged", got, "")
     ctx.check("with the service's record the forged volume is refused", got == "refused", got)
-    record = _record(svc.pool, vol.id, env.barbican_url)
-    km = guard.resolve_recorded(ref, service_identity=cinder, volume_id=vol.id, binding=record,
-                                endpoint=env.barbican_url)
+    record = ctx.volume_binding(svc, vol.id)
+    km = ctx.resolve_recorded(ref, vol.id, record, as_user="cinder")
     ctx.measure("guard:record:bound", "allowed" if km.payload.reveal() == raw else "wrong", "")
     ctx.check("with the service's record the volume alice bound gets exactly her key",
               km.payload.reveal() == raw)
 
     # 3. The ownership mark.
-    backend = key_manager.API(configure(auth_url=env.keystone_url, backend="byok"))
-    actx = alice.castellan_context()
     ctx.check("before: byok's backend reads alice's key as user-owned (no mark)",
-              backend.is_user_owned(actx, ref.secret_id))
-    mark = {"metadata": {OWNER_KEY: OWNER_SERVICE}}
-    status = _status(carol, "PUT", f"{secret}/metadata", mark)
+              ctx.backend_says_user_owned(ref, "alice"))
+    mark = ctx.owner_mark("service")
+    status = ctx.barbican_status("carol", "PUT", f"{secret}/metadata", mark)
     ctx.measure("metadata_put:carol-member", status, "HTTP")
     ctx.check("carol rewrites the owner mark of alice's non-private key (2xx)",
               200 <= status < 300, str(status))
-    fooled = not backend.is_user_owned(actx, ref.secret_id)
+    fooled = not ctx.backend_says_user_owned(ref, "alice")
     ctx.measure("backend_mark_says:after-carol", "service" if fooled else "user", "")
     ctx.check("the mark-only backend now takes alice's key for a service key", fooled)
-    keep = not guard.may_delete(ref, record)
+    keep = not ctx.may_delete(ref, record)
     ctx.measure("record_says:after-carol", "keep" if keep else "delete", "")
     ctx.check("the record-based decision still keeps the key (owner: user)", keep)
-    status = _status(cinder, "PUT", f"{secret}/metadata", mark)
+    status = ctx.barbican_status("cinder", "PUT", f"{secret}/metadata", mark)
     ctx.measure("metadata_put:cinder+ACL", status, "HTTP")
     ctx.check("the cinder user cannot write metadata (403)", status == 403, str(status))
     private, _ = ctx.user_key("alice")
-    BarbicanAPI(alice, env.barbican_url).set_acl(private, users=[], project_access=False)
-    priv = f"{url}/v1/secrets/{private.secret_id}"
-    status = _status(carol, "PUT", f"{priv}/metadata", mark)
+    owner.set_acl(private, users=[], project_access=False)
+    priv = f"/v1/secrets/{private.secret_id}"
+    status = ctx.barbican_status("carol", "PUT", f"{priv}/metadata", mark)
     ctx.measure("metadata_put:carol-private", status, "HTTP")
     ctx.check("on a private secret carol cannot rewrite the mark (403)", status == 403,
               str(status))
     # Forging the mark gives carol nothing she lacks: she may delete a non-private key anyway.
     spare, _ = ctx.user_key("alice")
-    status = _status(carol, "DELETE", f"{url}/v1/secrets/{spare.secret_id}")
+    status = ctx.barbican_status("carol", "DELETE", f"/v1/secrets/{spare.secret_id}")
     ctx.measure("secret_delete:carol-member", status, "HTTP")
     ctx.check("carol may delete alice's non-private key outright (2xx)", 200 <= status < 300,
               str(status))
-    status = _status(carol, "DELETE", priv)
+    status = ctx.barbican_status("carol", "DELETE", priv)
     ctx.measure("secret_delete:carol-private", status, "HTTP")
     ctx.check("carol cannot delete a private key (403)", status == 403, str(status))
     ctx.note("Barbican 23.0.0 default policy (barbican/common/policies/consumers.py, "

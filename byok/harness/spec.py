@@ -132,7 +132,7 @@ def inject(spec: Path, results: list[ExperimentResult], run_id: str) -> tuple[st
         chosen, which = pick(exp_id, by_id)
         body = block(chosen.id if chosen else exp_id, chosen, run_id, patterns)
         if which:
-            body += ["", which]
+            body += ["", *_wrap(which)]
         out += [lines[i], "", *body, "", lines[j]]
         i = j + 1
     return "\n".join(out) + "\n", found
