@@ -4,6 +4,7 @@ A block is delimited by two RST comment lines, so docutils renders what lies bet
 ignores the markers::
 
     .. evidence: E04            (or: .. evidence: E12 open_s:* parallel_peak_mib:*:32)
+       more_patterns:*          (optional: patterns go on over indented lines)
 
     (generated content, not indented: verdict, checks, key measurements, run id)
 
@@ -120,7 +121,14 @@ def inject(spec: Path, results: list[ExperimentResult], run_id: str) -> tuple[st
             i += 1
             continue
         exp_id = m.group(1)
+        patterns = m.group(2).split()
+        head = [lines[i]]
         j = i + 1
+        # Patterns may go on over indented lines (79 columns): they belong to the comment.
+        while j < len(lines) and lines[j][:1] in (" ", "\t") and lines[j].strip():
+            patterns += lines[j].split()
+            head.append(lines[j])
+            j += 1
         while j < len(lines) and not END.match(lines[j]):
             if START.match(lines[j]):
                 raise ValueError(f"{spec}: evidence block {exp_id} (line {i + 1}) is not closed")
@@ -128,12 +136,11 @@ def inject(spec: Path, results: list[ExperimentResult], run_id: str) -> tuple[st
         if j == len(lines):
             raise ValueError(f"{spec}: evidence block {exp_id} (line {i + 1}) is not closed")
         found.append(exp_id)
-        patterns = m.group(2).split() or None
         chosen, which = pick(exp_id, by_id)
-        body = block(chosen.id if chosen else exp_id, chosen, run_id, patterns)
+        body = block(chosen.id if chosen else exp_id, chosen, run_id, patterns or None)
         if which:
             body += ["", *_wrap(which)]
-        out += [lines[i], "", *body, "", lines[j]]
+        out += [*head, "", *body, "", lines[j]]
         i = j + 1
     return "\n".join(out) + "\n", found
 

@@ -184,9 +184,14 @@ def exact_sites(patches: list[Path], tree: Path, work: Path) -> dict[str, set[tu
 @dataclass(frozen=True)
 class Row:
     patch: str      # the number: "cinder/0003" or "nova/0001"
-    file: str
+    file: str       # inside the project's package: "volume/api.py" for cinder/volume/api.py
     function: str
     change: str
+
+    @property
+    def path(self) -> str:
+        """The file as the patch names it (``cinder/volume/api.py``)."""
+        return f"{self.patch.split('/')[0]}/{self.file}"
 
 
 TABLE_START = ".. work-items-table"
@@ -230,9 +235,27 @@ def patch_label(project: str, path: Path) -> str:
 
 
 def expand(rows_: Iterable[Row]) -> set[tuple[str, str, str]]:
-    """(patch, file, function) per row; a cell may list several functions separated by ', '."""
+    """(patch, path, function) per row; a cell may list several functions separated by ', '."""
     out = set()
     for r in rows_:
         for fn in r.function.split(", "):
-            out.add((r.patch, r.file, fn.strip()))
+            out.add((r.patch, r.path, fn.strip()))
     return out
+
+
+def from_series(openstack_dir: Path, per_patch: dict[str, set[tuple[str, str]]] | None = None
+                ) -> set[tuple[str, str, str]]:
+    """(patch, path, function) of the whole series: from ``per_patch`` (:func:`exact_sites`,
+    keyed by patch file name) when given, else from the patches alone (:func:`sites`)."""
+    out = set()
+    for project, paths_ in series(openstack_dir).items():
+        for path in paths_:
+            found = per_patch[path.name] if per_patch is not None else sites(parse(path))
+            out |= {(patch_label(project, path), f, fn) for f, fn in found}
+    return out
+
+
+def top(items: Iterable[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    """The same sites with each function cut to its top-level name (``API.create`` -> ``API``):
+    what the patch text alone can tell."""
+    return {(p, f, fn.split(".")[0]) for p, f, fn in items}
