@@ -39,7 +39,7 @@ def _doc8(paths: list[Path]) -> str:
 def _sphinx(src_files: list[Path], tmp_path: Path) -> subprocess.CompletedProcess:
     """sphinx-build -W -b html over ``src_files`` (a toctree index names them all)."""
     src = tmp_path / "src"
-    src.mkdir()
+    src.mkdir(parents=True)
     for f in src_files:
         shutil.copy(f, src / f.name)
     toc = "\n".join(f"   {f.stem}" for f in src_files)
