@@ -79,7 +79,13 @@ def block(exp_id: str, result: ExperimentResult | None, run_id: str,
             shown = shown[:MAX_ROWS]
         rows = [(_lit(m.name), _lit(fmt(m.value)), m.unit.replace("*", "")) for m in shown]
         if rows:
-            body += ["", *_table(rows)]
+            table = _table(rows)
+            if max(len(ln) for ln in table) <= WIDTH:
+                body += ["", *table]
+            else:  # a long text value: a list wraps where a table cannot (doc8's 79 columns)
+                body += [""]
+                for name, value, unit in rows:
+                    body += _wrap(f"- {name}: {value} {unit}".rstrip(), "  ")
         if len(result.measurements) > len(rows):
             body += ["", *_wrap(f"({len(result.measurements) - len(rows)} more measurements "
                                 f"in the run's report.)")]
