@@ -186,7 +186,7 @@ class Row:
     patch: str      # the number: "cinder/0003" or "nova/0001"
     file: str       # inside the project's package: "volume/api.py" for cinder/volume/api.py
     function: str
-    change: str
+    change: str     # as written (RST)
 
     @property
     def path(self) -> str:
@@ -217,7 +217,7 @@ def rows(spec_text: str) -> list[Row]:
     for c in cells[1:]:  # the first row is the header
         if len(c) != 4:
             raise ValueError(f"work item row with {len(c)} cells: {c}")
-        out.append(Row(*(_unquote(x) for x in c)))
+        out.append(Row(*(_unquote(x) for x in c[:3]), c[3]))  # change: as written
     return out
 
 
@@ -259,3 +259,38 @@ def top(items: Iterable[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
     """The same sites with each function cut to its top-level name (``API.create`` -> ``API``):
     what the patch text alone can tell."""
     return {(p, f, fn.split(".")[0]) for p, f, fn in items}
+
+
+def render(found: set[tuple[str, str, str]], changes: dict[tuple[str, str], str]) -> str:
+    """The spec's Work Items table (RST list-table, 79 columns) for the call sites ``found``
+    ((patch, path, function), e.g. from :func:`from_series` with :func:`exact_sites`), one
+    row per (patch, file) with its functions; ``changes`` holds the hand-written ``change``
+    cell per (patch, path). The inverse of :func:`rows`."""
+    import textwrap
+
+    def cell(first: bool, text: str) -> list[str]:
+        return textwrap.wrap(text, 79, initial_indent="   * - " if first else "     - ",
+                             subsequent_indent="       ", break_long_words=False,
+                             break_on_hyphens=False)
+
+    by: dict[tuple[str, str], list[str]] = {}
+    for patch, path, fn in sorted(found):
+        by.setdefault((patch, path), []).append(fn)
+    out = [TABLE_START, "", ".. list-table::", "   :header-rows: 1", "   :widths: 10 30 30 30",
+           "", "   * - patch", "     - file (in the project)", "     - function",
+           "     - change"]
+    for (patch, path), fns in by.items():
+        project = patch.split("/")[0]
+        out += cell(True, f"``{patch}``")
+        out += cell(False, f"``{path.removeprefix(project + '/')}``")
+        out += cell(False, ", ".join(f"``{fn}``" for fn in fns))
+        out += cell(False, changes[(patch, path)])
+    return "\n".join(out) + "\n"
+
+
+def table_text(spec_text: str) -> str:
+    """The spec's Work Items table as written (from its marker to the first blank pair)."""
+    start = spec_text.find(TABLE_START)
+    if start < 0:
+        raise ValueError("the spec has no '.. work-items-table' marker")
+    return spec_text[start:].split("\n\n\n", 1)[0] + "\n"

@@ -40,3 +40,16 @@ def test_work_items_name_every_changed_function_exactly(tmp_path):
                                             .read_text()))
     assert not series - table, f"changed in the series, not in the spec: {sorted(series - table)}"
     assert not table - series, f"in the spec, not changed by the series: {sorted(table - series)}"
+
+
+def test_work_items_table_is_generated_from_the_series(tmp_path):
+    """The table text itself is what :func:`workitems.render` makes of the series' exact call
+    sites and the spec's own change column: regenerate it after a patch changes."""
+    per_patch: dict[str, set[tuple[str, str]]] = {}
+    for project, patches in workitems.series(ROOT / "openstack").items():
+        tree = _tree(project, tmp_path / "sdists")
+        per_patch |= workitems.exact_sites(patches, tree, tmp_path / f"work-{project}")
+    text = (ROOT / "design" / "user-supplied-keys.rst").read_text()
+    changes = {(r.patch, r.path): r.change for r in workitems.rows(text)}
+    table = workitems.render(workitems.from_series(ROOT / "openstack", per_patch), changes)
+    assert table == workitems.table_text(text)
