@@ -69,23 +69,38 @@ def parse(path: Path) -> Patch:
     patch = Patch(path.name, subject)
     current: FileDiff | None = None
     hunk: Hunk | None = None
+    old_left = new_left = 0  # lines the current hunk still owes (its header's counts)
     for line in text.splitlines():
+        if hunk is not None and (old_left > 0 or new_left > 0):
+            mark = line[:1]
+            if line.startswith("\\"):  # "\ No newline at end of file"
+                continue
+            if mark in (" ", ""):
+                hunk.lines.append(line or " ")  # an empty context line
+                old_left, new_left = old_left - 1, new_left - 1
+            elif mark == "-":
+                hunk.lines.append(line)
+                old_left -= 1
+            elif mark == "+":
+                hunk.lines.append(line)
+                new_left -= 1
+            else:
+                where = current.path if current else "?"
+                raise ValueError(f"{path.name}: hunk at {hunk.new_start} of {where} ends "
+                                 f"early: {line[:60]!r}")
+            continue
+        hunk = None
         if line.startswith("diff --git "):
-            current, hunk = None, None
+            current = None
         elif line.startswith("+++ "):
             target = line[4:].strip()
             current = FileDiff(target[2:] if target.startswith("b/") else target)
             patch.files.append(current)
         elif (hm := HUNK.match(line)) and current is not None:
             hunk = Hunk(int(hm.group(1)), int(hm.group(3)), hm.group(5))
+            old_left = int(hm.group(2)) if hm.group(2) is not None else 1
+            new_left = int(hm.group(4)) if hm.group(4) is not None else 1
             current.hunks.append(hunk)
-        elif hunk is not None and line[:1] in (" ", "+", "-") and not line.startswith(
-                ("+++ ", "--- ")):
-            hunk.lines.append(line)
-        elif hunk is not None and line == "":
-            hunk.lines.append(" ")  # an empty context line
-        elif line.startswith("-- "):  # the signature separator ends the last hunk
-            hunk = None
     return patch
 
 
@@ -206,13 +221,14 @@ def rows(spec_text: str) -> list[Row]:
     body = spec_text[start:].split("\n\n\n", 1)[0]
     cells: list[list[str]] = []
     for line in body.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("* - "):
-            cells.append([stripped[4:]])
-        elif stripped.startswith("- ") and cells:
-            cells[-1].append(stripped[2:])
-        elif stripped and cells and not stripped.startswith((":", "..")):
-            cells[-1][-1] += " " + stripped
+        # By indentation, as render() writes it: "   * - " a row, "     - " a cell, deeper a
+        # continuation (which may itself begin with "- " or ":").
+        if line.startswith("   * - "):
+            cells.append([line[7:].strip()])
+        elif line.startswith("     - ") and cells:
+            cells[-1].append(line[7:].strip())
+        elif line.startswith("       ") and line.strip() and cells:
+            cells[-1][-1] += " " + line.strip()
     out = []
     for c in cells[1:]:  # the first row is the header
         if len(c) != 4:
