@@ -288,6 +288,7 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
         # The old slot is known from the journal even when the old key itself is gone.
         stale = old_slot if old_slot is not None else doc.get("old_slot")
         if stale is not None and stale != new_slot and stale in _active(path):
+            assert new_pw is not None  # new_slot was found by opening with it
             luks.kill_slot(path, stale, authorising=new_pw)
         doc["phase"] = "removed"
         doc["resumed"] = True
@@ -304,6 +305,7 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
     # longer be read (deleted by its owner), wipe the slot: nothing may open with it later.
     added = doc.get("new_slot")
     if new_pw is None and added is not None and added != old_slot and added in _active(path):
+        assert old_pw is not None  # old_slot was found by opening with it
         luks.kill_slot(path, added, authorising=old_pw)
     rec.state = "available"
     rec.history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -409,7 +411,8 @@ def _remove_unbound_keyslots(path: Path, pw: Sensitive) -> list[int]:
     return stale
 
 
-def _reencrypt_continue(svc, rid: str, doc: dict, journal: Journal, policy: str | None):
+def _reencrypt_continue(svc, rid: str, doc: dict, journal: Journal,
+                        policy: str | luks.PbkdfPolicy | None):
     pool = svc.pool
     path = pool.path(rid)
     rec = pool.load(rid)
@@ -488,7 +491,11 @@ def _drive_reencryption(path: Path, old_pw: Sensitive | None, new_pw: Sensitive,
                                     "was changed")
             return "+".join(steps) or "finished before the crash"
         # Not (or no longer) re-encrypting, still the old volume key: start (again).
-        stale = _remove_unbound_keyslots(path, new_pw if new_key else old_pw)
+        authorising = new_pw if new_key else old_pw
+        if authorising is None:
+            raise RotationError(f"{path.name}: the old key is gone and the new one does not open "
+                                "the header; nothing was changed")
+        stale = _remove_unbound_keyslots(path, authorising)
         if stale:
             steps.append(f"removed stale keyslots {stale}")
         if new_key is None:
@@ -533,6 +540,10 @@ def finish_reencryption(path: Path, pw: Sensitive) -> str:
         st = reencstate.read(h)
         if st.status == reencstate.NONE:
             return "+".join(steps) or "not reencrypting"
+        if st.slot is None:
+            raise RotationError(f"{path.name}: the header says re-encrypting but has no "
+                                "reencrypt keyslot; nothing was changed",
+                                hint="recover offline: byok recover --check")
         if st.slot.mode != "reencrypt" or st.slot.resilience not in ("checksum", "journal"):
             raise RotationError(
                 f"{path.name}: an interrupted {st.slot.mode} with resilience "

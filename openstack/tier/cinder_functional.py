@@ -27,6 +27,7 @@ from cinder.backup.drivers import posix  # noqa: F401  (registers backup_posix_p
 from cinder.db import api as db
 from cinder.tests.functional import functional_helpers
 from cinder.volume import configuration, volume_types, volume_utils
+from cinder.volume.drivers import nfs  # noqa: F401  (registers nfs_* options the flags set)
 from oslo_config import cfg
 
 CONF = cfg.CONF
