@@ -37,6 +37,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from byok.common import paths
 from byok.common.errors import (
@@ -56,6 +57,36 @@ from byok.luks import header as luksheader
 from byok.luks import luks2edit, recovery, reencstate, sealed
 
 PHASES = ("started", "backed-up", "added", "verified", "removed", "done")
+
+
+if TYPE_CHECKING:
+    from byok.keys.identity import Identity
+    from byok.keys.ref import KeyRef
+    from byok.keys.resolver import KeyMaterial, Resolver, SecretInfo
+    from byok.lifecycle.volumes import Pool, VolumeRecord
+
+
+class RotationService(Protocol):
+    """What rotation and re-encryption need of the volume service
+    (:class:`byok.lifecycle.volumes.VolumeService`): its pool, the user's key resolution and the
+    consumer bookkeeping — typed here so that rotation does not import the service's module."""
+
+    pool: Pool
+    user: Identity
+    resolver: Resolver
+    endpoint: str
+    service_name: str
+    deadline: float
+
+    def key(self, ref: KeyRef | str) -> KeyMaterial: ...
+
+    def passphrase(self, ref: KeyRef | str) -> tuple[KeyMaterial, Sensitive]: ...
+
+    def drop_escrow_secret(self, escrow_ref: str) -> None: ...
+
+    def _bind(self, ref: KeyRef | str, rid: str, kind: str) -> SecretInfo: ...
+
+    def _release(self, rec: VolumeRecord) -> None: ...
 
 
 def crash_point(name: str) -> None:
@@ -85,7 +116,7 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def journal_for(svc, rid: str) -> Journal:
+def journal_for(svc: RotationService, rid: str) -> Journal:
     return Journal(svc.pool.root / "journal" / f"{rid}.rotation.json")
 
 
@@ -97,7 +128,7 @@ def _opens(path: Path, pw: Sensitive) -> int | None:
         return None
 
 
-def rotate(svc, rid: str, new_key_ref: str, *, policy: str | None = None,
+def rotate(svc: RotationService, rid: str, new_key_ref: str, *, policy: str | None = None,
            resume_only: bool = False):
     """Rotate ``rid`` to ``new_key_ref`` (or finish an interrupted rotation first)."""
     pool = svc.pool
@@ -118,7 +149,7 @@ def rotate(svc, rid: str, new_key_ref: str, *, policy: str | None = None,
         return _rotate(svc, rid, new_key_ref, policy, journal)
 
 
-def _rotate(svc, rid: str, new_key_ref: str, policy: str | None, journal: Journal):
+def _rotate(svc: RotationService, rid: str, new_key_ref: str, policy: str | None, journal: Journal):
     pool = svc.pool
     rec = pool.load(rid)
     path = pool.path(rid)
@@ -166,7 +197,7 @@ def _rotate(svc, rid: str, new_key_ref: str, policy: str | None, journal: Journa
     return _finish(svc, rid, doc, journal, old_km.ref.href, old_pw)
 
 
-def _finish(svc, rid: str, doc: dict, journal: Journal, old_ref: str,
+def _finish(svc: RotationService, rid: str, doc: dict, journal: Journal, old_ref: str,
             old_pw: Sensitive | None):
     pool = svc.pool
     rec = pool.load(rid)
@@ -208,7 +239,7 @@ def _restore_sealed(path: Path, backup: Path, pw: Sensitive, rid: str) -> None:
         sealed.shred(plain)
 
 
-def _retire_backups(svc, rid: str, old_pw: Sensitive | None) -> None:
+def _retire_backups(svc: RotationService, rid: str, old_pw: Sensitive | None) -> None:
     """After a verified rotation or re-encryption: shred its sealed pre-rotation backup and
     leftovers, and every plain header backup of ``rid`` that still opens with the old key
     (``old_pw``; None: the old key is gone, nothing can open them with it) —
@@ -225,7 +256,7 @@ def _retire_backups(svc, rid: str, old_pw: Sensitive | None) -> None:
             sealed.shred(f)
 
 
-def _passphrase_if_available(svc, ref: str | None) -> Sensitive | None:
+def _passphrase_if_available(svc: RotationService, ref: str | None) -> Sensitive | None:
     """The key's passphrase, or None if Barbican no longer gives it to the user.
 
     A user who rotates because a key is compromised may delete the old key before a crashed
@@ -248,7 +279,7 @@ def _active(path: Path) -> set[int]:
         return set()
 
 
-def _resume(svc, rid: str, doc: dict, journal: Journal):
+def _resume(svc: RotationService, rid: str, doc: dict, journal: Journal):
     """Finish or roll back an interrupted rotation from what the header opens with."""
     pool = svc.pool
     path = pool.path(rid)
@@ -322,12 +353,12 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
     return rec
 
 
-def reencrypt_journal_for(svc, rid: str) -> Journal:
+def reencrypt_journal_for(svc: RotationService, rid: str) -> Journal:
     return Journal(svc.pool.root / "journal" / f"{rid}.reencrypt.json")
 
 
-def reencrypt(svc, rid: str, new_key_ref: str | None = None, *, policy: str | None = None,
-              resume_only: bool = False):
+def reencrypt(svc: RotationService, rid: str, new_key_ref: str | None = None, *,
+              policy: str | None = None, resume_only: bool = False):
     """Full re-encryption: a new volume key for all data, wrapped only by the new user key.
 
     Journaled, under one exclusive lock from start to end: ``started`` (the volume is
@@ -355,7 +386,7 @@ def reencrypt(svc, rid: str, new_key_ref: str | None = None, *, policy: str | No
         return _reencrypt_continue(svc, rid, doc, journal, policy)
 
 
-def _reencrypt_start(svc, rid: str, new_key_ref: str, journal: Journal) -> dict:
+def _reencrypt_start(svc: RotationService, rid: str, new_key_ref: str, journal: Journal) -> dict:
     pool = svc.pool
     rec = pool.load(rid)
     path = pool.path(rid)
@@ -411,7 +442,7 @@ def _remove_unbound_keyslots(path: Path, pw: Sensitive) -> list[int]:
     return stale
 
 
-def _reencrypt_continue(svc, rid: str, doc: dict, journal: Journal,
+def _reencrypt_continue(svc: RotationService, rid: str, doc: dict, journal: Journal,
                         policy: str | luks.PbkdfPolicy | None):
     pool = svc.pool
     path = pool.path(rid)
@@ -581,7 +612,8 @@ def finish_reencryption(path: Path, pw: Sensitive) -> str:
                         + ", ".join(steps))
 
 
-def finish_interrupted_reencryption(svc, rid: str, pw: Sensitive, policy=None) -> str:
+def finish_interrupted_reencryption(svc: RotationService, rid: str, pw: Sensitive,
+                                    policy: object = None) -> str:
     """:func:`finish_reencryption` for a pool volume (kept for callers by volume id)."""
     return finish_reencryption(svc.pool.path(rid), pw)
 
