@@ -15,6 +15,7 @@ from byok.keys import resolver as keys
 from byok.keys.barbican import BarbicanAPI
 from byok.keys.identity import Identity
 from byok.keys.ref import KeyRef
+from byok.keys.ref import parse as parse_ref
 
 
 class KeyVerbs(VerbBase):
@@ -46,7 +47,8 @@ class KeyVerbs(VerbBase):
 
     def delete_key(self, ref: KeyRef | str, *, user: str = "alice", force: bool = False) -> None:
         """``user`` deletes the secret; ``force`` deletes it even while it has consumers."""
-        self.barbican(user).delete(ref, force=force)
+        self.barbican(user).delete(ref if isinstance(ref, KeyRef) else parse_ref(ref),
+                                   force=force)
 
     def resolver(self, user: str = "alice", *, identity: Identity | None = None,
                  endpoint: str | None = None, deadline: float | None = None) -> keys.Resolver:
