@@ -233,7 +233,7 @@ def rows(spec_text: str) -> list[Row]:
     for c in cells[1:]:  # the first row is the header
         if len(c) != 4:
             raise ValueError(f"work item row with {len(c)} cells: {c}")
-        out.append(Row(*(_unquote(x) for x in c[:3]), c[3]))  # change: as written
+        out.append(Row(_unquote(c[0]), _unquote(c[1]), _unquote(c[2]), c[3]))  # change as written
     return out
 
 
