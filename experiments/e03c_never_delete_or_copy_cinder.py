@@ -1,8 +1,6 @@
 """E03-cinder — E03's hypothesis through the patched Cinder's REST API (byok cinder up)."""
 
-from byok.harness import cinder as hc
 from byok.harness.registry import experiment, prototype
-from byok.keys.barbican import BarbicanAPI
 
 E03 = prototype("E03")
 
@@ -15,21 +13,21 @@ E03 = prototype("E03")
     needs={"stack", "cinder"},
 )
 def run(ctx):
-    cinder = hc.api(ctx.env, "alice")
-    owner = BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url)
+    cinder = ctx.cinder("alice")
+    owner = ctx.barbican("alice")
     ref, raw = ctx.user_key("alice", "aes512")
     before = owner.count_secrets()
     with ctx.timed("create_s"):
-        vol = hc.make(ctx, cinder, "volume", lambda: cinder.create_volume(
+        vol = ctx.cinder_make(cinder, "volume", lambda: cinder.create_volume(
             1, volume_type="luks", encryption_key_id=ref.href))
     ctx.check("the volume's key is the user's own (encryption_key_id, owner 'user')",
               vol["encryption_key_id"] == ref.secret_id
               and vol.get("encryption_key_owner") == "user", str(vol.get("encryption_key_owner")))
     with ctx.timed("clone_s"):
-        clone = hc.make(ctx, cinder, "volume", lambda: cinder.create_volume(
+        clone = ctx.cinder_make(cinder, "volume", lambda: cinder.create_volume(
             1, source_volid=vol["id"]))
     with ctx.timed("backup_s"):
-        backup = hc.make(ctx, cinder, "backup", lambda: cinder.create_backup(vol["id"]))
+        backup = ctx.cinder_make(cinder, "backup", lambda: cinder.create_backup(vol["id"]))
     created = owner.count_secrets() - before
     ctx.measure("secrets_created:byok", created, "secrets",
                 note="create + clone + backup through Cinder")
@@ -56,7 +54,7 @@ def run(ctx):
     ctx.check("deleting the resources removed every consumer", left == [], f"{len(left)} left")
     # Contrast: a key Cinder makes itself is a service key and goes with its volume.
     before = owner.count_secrets()
-    svc_vol = hc.make(ctx, cinder, "volume", lambda: cinder.create_volume(1, volume_type="luks"))
+    svc_vol = ctx.cinder_make(cinder, "volume", lambda: cinder.create_volume(1, volume_type="luks"))
     made = owner.count_secrets() - before
     cinder.delete_and_wait("volume", svc_vol["id"])
     ctx.check("contrast: a volume without a user key gets one new service key, deleted with "

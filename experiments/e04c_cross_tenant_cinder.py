@@ -1,8 +1,6 @@
 """E04-cinder — E04's hypothesis through the patched Cinder's REST API (byok cinder up)."""
 
-from byok.harness import cinder as hc
 from byok.harness.registry import experiment, prototype
-from byok.keys.barbican import BarbicanAPI
 
 E04 = prototype("E04")
 
@@ -15,8 +13,8 @@ E04 = prototype("E04")
     needs={"stack", "cinder"},
 )
 def run(ctx):
-    apis = {u: hc.api(ctx.env, u) for u in ("alice", "bob", "carol")}
-    owner = BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url)
+    apis = {u: ctx.cinder(u) for u in ("alice", "bob", "carol")}
+    owner = ctx.barbican("alice")
     ref, _raw = ctx.user_key("alice", "aes512")
     body = {"volume": {"size": 1, "volume_type": "luks", "encryption_key_id": ref.href}}
 
@@ -32,7 +30,7 @@ def run(ctx):
     ctx.check("bob's attempt registered no consumer on alice's key", owner.consumers(ref) == [])
 
     carol = apis["carol"]
-    vol = hc.make(ctx, carol, "volume", lambda: carol.create_volume(
+    vol = ctx.cinder_make(carol, "volume", lambda: carol.create_volume(
         1, volume_type="luks", encryption_key_id=ref.href))
     ctx.check("carol (same project) uses alice's key while project access is on",
               vol["encryption_key_id"] == ref.secret_id, vol["status"])
@@ -42,7 +40,7 @@ def run(ctx):
     ctx.measure("carol_private_status", r.status_code, "HTTP")
     ctx.check("carol is refused once alice turns project access off", r.status_code in (400, 403),
               r.text[:200])
-    mine = hc.make(ctx, apis["alice"], "volume", lambda: apis["alice"].create_volume(
+    mine = ctx.cinder_make(apis["alice"], "volume", lambda: apis["alice"].create_volume(
         1, volume_type="luks", encryption_key_id=ref.href))
     ctx.check("alice (creator) still creates a volume with her private key",
               mine["encryption_key_id"] == ref.secret_id)

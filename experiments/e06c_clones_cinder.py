@@ -4,11 +4,7 @@ measured on Cinder's own coordination locks (the lock trace of byok cinder's vol
 import threading
 import time
 
-from byok.common.sensitive import Sensitive
-from byok.harness import cinder as hc
 from byok.harness.registry import experiment, prototype
-from byok.keys.barbican import BarbicanAPI
-from byok.luks import cryptsetup as luks
 
 E06 = prototype("E06")
 
@@ -23,27 +19,27 @@ E06 = prototype("E06")
     params={"parallel": 3},
 )
 def run(ctx):
-    cinder = hc.api(ctx.env, "alice")
-    owner = BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url)
+    cinder = ctx.cinder("alice")
+    owner = ctx.barbican("alice")
     ref, raw = ctx.user_key("alice", "aes512")
     new, _ = ctx.user_key("alice", "aes512")
-    src = hc.make(ctx, cinder, "volume", lambda: cinder.create_volume(
+    src = ctx.cinder_make(cinder, "volume", lambda: cinder.create_volume(
         1, volume_type="luks", encryption_key_id=ref.href))
     before = owner.count_secrets()
     with ctx.timed("clone_s"):
-        same = hc.make(ctx, cinder, "volume", lambda: cinder.create_volume(
+        same = ctx.cinder_make(cinder, "volume", lambda: cinder.create_volume(
             1, source_volid=src["id"]))
     ctx.check("same-key clone: no new Barbican secret", owner.count_secrets() == before)
     ctx.check("same-key clone: the clone carries the user's key id",
               same["encryption_key_id"] == ref.secret_id)
     ctx.check("same-key clone: registered as a consumer of the key",
               any(c["resource_id"] == same["id"] for c in owner.consumers(ref)))
-    path, _fmt = hc.volume_file(ctx.env, cinder, same["id"])
+    path, _fmt = ctx.cinder_volume_file(cinder, same["id"])
     ctx.check("same-key clone is a raw LUKS file (NfsDriver converts a clone with -O luks)",
-              luks.is_luks(path))
+              ctx.is_luks(path))
     ctx.check("same-key clone opens with os-brick's passphrase of her key (cryptsetup "
               "--test-passphrase on the file)",
-              luks.test_key(path, Sensitive(raw.hex().encode())) >= 0)
+              ctx.test_key(path, ctx.passphrase_from_key_bytes(raw)) >= 0)
     with ctx.timed("rekeyed_clone_refused_s"):
         r = cinder.raw("POST", "/volumes", {"volume": {
             "size": 1, "source_volid": src["id"], "encryption_key_id": new.href}})
@@ -51,16 +47,15 @@ def run(ctx):
               "clone; 400, nothing stored)", r.status_code == 400, r.text[:200])
 
     n = ctx.param("parallel")
-    other = hc.make(ctx, cinder, "volume", lambda: cinder.create_volume(
+    other = ctx.cinder_make(cinder, "volume", lambda: cinder.create_volume(
         1, volume_type="luks", encryption_key_id=ref.href))
-    trace = hc.services(ctx.env).lock_trace
     timing: dict = {}
     errors: list = []
 
     def clone(source, label):
         t0 = time.perf_counter()
         try:
-            hc.make(ctx, cinder, "volume", lambda: cinder.create_volume(1, source_volid=source))
+            ctx.cinder_make(cinder, "volume", lambda: cinder.create_volume(1, source_volid=source))
         except Exception as e:  # counted below
             errors.append(e)
         timing.setdefault(label, []).append(time.perf_counter() - t0)
@@ -82,10 +77,10 @@ def run(ctx):
                 samples=timing.get("src", []))
     ctx.measure("bystander_clone_s:cinder", round(timing["other"][0], 3), "s",
                 note="a clone of an unrelated volume started while the N clones run")
-    recs = hc.lock_waits(trace, f"{src['id']}-delete_volume", since, until)
+    recs = ctx.cinder_lock_waits(f"{src['id']}-delete_volume", since, until)
     waits = sorted(r["waited_s"] for r in recs)
     holds = sorted(r["held_s"] for r in recs)
-    brec = hc.lock_waits(trace, f"{other['id']}-delete_volume", since, until)
+    brec = ctx.cinder_lock_waits(f"{other['id']}-delete_volume", since, until)
     ctx.check(f"Cinder's lock trace has the {n} clones' '<source>-delete_volume' locks and the "
               "bystander's (more: a create was rescheduled)", len(recs) == n and len(brec) == 1,
               f"{len(recs)}, {len(brec)}")

@@ -4,10 +4,7 @@ import hashlib
 
 from byok.common.errors import ByokError, KeyNotFound, SecretConflict
 from byok.common.pattern import pattern
-from byok.common.sensitive import Sensitive
-from byok.harness import cinder as hc
 from byok.harness.registry import experiment, prototype
-from byok.keys.barbican import BarbicanAPI
 
 E15 = prototype("E15")
 
@@ -20,17 +17,17 @@ E15 = prototype("E15")
     needs={"stack", "cinder", "qemu"},
 )
 def run(ctx):
-    cinder = hc.api(ctx.env, "alice")
-    owner = BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url)
+    cinder = ctx.cinder("alice")
+    owner = ctx.barbican("alice")
     ref, raw = ctx.user_key("alice", "aes512")
-    hers = Sensitive(raw.hex().encode())
-    vol = hc.make(ctx, cinder, "volume", lambda: cinder.create_volume(
+    hers = ctx.passphrase_from_key_bytes(raw)
+    vol = ctx.cinder_make(cinder, "volume", lambda: cinder.create_volume(
         1, volume_type="luks", encryption_key_id=ref.href))
     data = ctx.scratch / "data.raw"
     data.write_bytes(pattern(15, 4 << 20))
-    path, _fmt = hc.volume_file(ctx.env, cinder, vol["id"])
-    hc.qemu_write(path, hers, data)
-    bkp = hc.make(ctx, cinder, "backup", lambda: cinder.create_backup(vol["id"]))
+    path, _fmt = ctx.cinder_volume_file(cinder, vol["id"])
+    ctx.qemu_write_volume(path, hers, data)
+    bkp = ctx.cinder_make(cinder, "backup", lambda: cinder.create_backup(vol["id"]))
     seen = sorted((c["resource_type"], c["resource_id"]) for c in owner.consumers(ref))
     ctx.check("the owner sees every Cinder resource that uses the key (Barbican consumers)",
               seen == sorted([("volume", vol["id"]), ("backup", bkp["id"])]), str(seen))
@@ -55,7 +52,7 @@ def run(ctx):
             continue
         kind = "backup" if name == "backup" else "volume"
         rid = res.get("volume_id") if name == "restore" else res["id"]
-        hc.track(ctx, cinder, kind, rid)
+        ctx.cinder_track(cinder, kind, rid)
         try:
             cinder.wait(kind, rid, "available", timeout=180)
             outcomes[name] = "available (the key was not needed?)"
@@ -65,10 +62,10 @@ def run(ctx):
         ctx.measure(f"outcome:{name}", outcome, "")
         ctx.check(f"{name} after a forced delete does not produce a usable resource",
                   not outcome.startswith("available"), outcome)
-    att, _ci, enc = hc.attach_like_nova(cinder, vol["id"])
+    att, _ci, enc = ctx.cinder_attach_like_nova(cinder, vol["id"])
     with ctx.expect_error(KeyNotFound, claim="attach after a forced delete: the key fetch Nova "
                                              "makes fails with KeyNotFound"):
-        hc.passphrase_like_nova(ctx.user("alice"), enc, vol["id"], ctx.env.barbican_url)
+        ctx.cinder_passphrase_like_nova(enc, vol["id"], user="alice")
     cinder.detach(att["id"], service=ctx.user("nova"))
     after = volumes()
     made = {v: s for v, s in after.items() if v not in before}
@@ -77,7 +74,7 @@ def run(ctx):
     ctx.check("nothing half-made is left usable (a failed operation's volume is in an error "
               "state, and deletable)", all(s.startswith("error") for s in made.values()),
               str(made))
-    got = hc.qemu_sha256(path, hers, data.stat().st_size, ctx.scratch / "offline.out")
+    got = ctx.qemu_volume_sha256(path, hers, data.stat().st_size)
     ctx.check("the user's own copy of the key still opens the volume file offline, exactly",
               got == hashlib.sha256(data.read_bytes()).hexdigest())
     for v in after:

@@ -12,13 +12,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "crash", "powerloss", "suite")
+BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "crash", "powerloss", "cinder",
+           "suite")
 
 
 def run(wanted: tuple[str, ...], identity: Any, stack: Any, *, n: int = 30,
         progress: Callable[[str], None] | None = None) -> dict:
     """Run the ``wanted`` benchmarks (``stack`` is None on a real cloud: no suite there)."""
-    from byok.bench import attach, crash, parallel, powerloss, recover, rekey, resolve, suite
+    from byok.bench import (
+        attach,
+        cinder,
+        crash,
+        parallel,
+        powerloss,
+        recover,
+        rekey,
+        resolve,
+        suite,
+    )
 
     say = progress or (lambda _m: None)
     jobs: dict[str, Callable[[], dict]] = {
@@ -29,6 +40,7 @@ def run(wanted: tuple[str, ...], identity: Any, stack: Any, *, n: int = 30,
         "rekey": rekey.run,
         "crash": crash.run,
         "powerloss": powerloss.run,
+        "cinder": lambda: cinder.run(stack, n=min(n, 10), progress=say),  # ~20 s a round
         "suite": lambda: suite.run(stack) if stack else {"skipped": "needs the embedded stack"},
     }
     results: dict = {"host": {"kernel": platform.release(), "cpus": os.cpu_count(),

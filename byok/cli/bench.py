@@ -24,7 +24,8 @@ def register(sub, fmt) -> None:
                     help="which benchmark ('all' runs every one, the suite last)")
     bp.add_argument("--skip-suite", action="store_true",
                     help="with 'all': leave out the full experiment run (about 5 minutes)")
-    bp.add_argument("--n", type=int, default=30, help="samples per side (default 30)")
+    bp.add_argument("--n", type=int, default=30,
+                    help="samples per side (default 30; cinder: rounds, at most 10)")
     bp.add_argument("--out", type=Path, help="write the JSON here as well as to stdout")
     add_identity_args(bp, default_user="alice")
     bp.set_defaults(func=_bench)

@@ -156,12 +156,20 @@ def qemu_sha256(path: Path, passphrase: Sensitive, size: int, out: Path, *,
 
 # -- for the experiments -------------------------------------------------------------------------
 def track(ctx: Any, cinder: Any, kind: str, rid: str) -> str:
-    """Delete the resource when the experiment ends (if it still exists)."""
+    """Delete the resource when the experiment ends (if it still exists). One still busy (a
+    restore in progress: Cinder answers 400 to its delete) is waited for, then deleted."""
     def gone() -> None:
-        try:
-            cinder.delete_and_wait(kind, rid)
-        except ByokError:
-            pass
+        for _attempt in range(2):
+            try:
+                cinder.delete_and_wait(kind, rid)
+                return
+            except ByokError as e:
+                if getattr(e, "status", None) != 400:
+                    return
+            try:
+                cinder.wait(kind, rid, "available", timeout=300)
+            except ByokError:
+                pass  # an error state: deletable now
 
     ctx.on_cleanup(gone)
     return rid

@@ -15,7 +15,14 @@ from typing import Any
 from byok.common.errors import ByokError, SkipExperiment
 from byok.harness.registry import Experiment
 from byok.harness.results import Check, ExperimentResult, Measurement
-from byok.harness.verbs import GuestVerbs, KeyVerbs, LuksVerbs, ProcessVerbs, VolumeVerbs
+from byok.harness.verbs import (
+    CinderVerbs,
+    GuestVerbs,
+    KeyVerbs,
+    LuksVerbs,
+    ProcessVerbs,
+    VolumeVerbs,
+)
 from byok.keys.identity import Identity
 
 
@@ -50,9 +57,9 @@ class Environment:
         return cls(factory, alice.endpoint("key-manager"), alice.auth_url, cloud=cloud)
 
 
-class Context(KeyVerbs, VolumeVerbs, LuksVerbs, GuestVerbs, ProcessVerbs):
+class Context(KeyVerbs, VolumeVerbs, LuksVerbs, GuestVerbs, ProcessVerbs, CinderVerbs):
     """The recorder of one experiment run, and its toolbox: the verbs of
-    :mod:`byok.harness.verbs` (keys, volumes, LUKS, guest, processes)."""
+    :mod:`byok.harness.verbs` (keys, volumes, LUKS, guest, processes, Cinder)."""
 
     def __init__(self, exp: Experiment, env: Environment, result: ExperimentResult,
                  run_dir: Path, *, progress: Callable[[str], None] | None = None,

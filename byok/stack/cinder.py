@@ -112,6 +112,12 @@ class CinderServices:
     def host(self) -> str:
         return f"byok-{self.settings.instance}"
 
+    @property
+    def vhost(self) -> str:
+        """The default deployment uses the broker's ``/``; another one (a benchmark's) a
+        virtual host of its own (see :meth:`Broker.ensure_vhost`)."""
+        return "/" if self.settings.instance == "cinder" else self.settings.instance
+
     def config_files(self) -> list[str]:
         return [str(self.conf), *self.settings.extra_conf]
 
@@ -181,6 +187,7 @@ class CinderServices:
             self._manage("db", "sync")
             if self.broker in started:
                 self.broker.wait_ready()
+            self.broker.ensure_vhost(self.vhost)
             self._catalog()
             say(f"starting cinder-api on {self.api_url} and cinder-scheduler, -volume, -backup")
             if not api.running_pid():
@@ -196,6 +203,12 @@ class CinderServices:
                 if d in started:
                     d.wait_ready(functools.partial(self._service_up, admin, name),
                                  timeout=START_TIMEOUT, what="up in Cinder's os-services")
+            if any(d in started for d in daemons.values()):
+                # "up" is a database heartbeat; a create needs the scheduler to have the
+                # volume service's capabilities (a fanout over RabbitMQ), else "No valid host".
+                daemons["volume"].wait_ready(lambda: self._pool_known(admin),
+                                             timeout=START_TIMEOUT,
+                                             what="a pool known to cinder-scheduler")
             admin.ensure_luks_type()
         except BaseException:
             for s in reversed(started):
@@ -221,7 +234,8 @@ class CinderServices:
         self.settings.save(self.stack.cfg.state_dir)
         passwords = self.stack.secrets.passwords()
         inputs = cinder_conf.ConfInputs(
-            base=b, tree=self.tree, host=self.host, transport_url=self.broker.transport_url(),
+            base=b, tree=self.tree, host=self.host,
+            transport_url=self.broker.transport_url(self.vhost),
             control_exchange="cinder" if self.settings.instance == "cinder"
             else f"cinder-{self.settings.instance}",
             keystone_url=self.stack.cfg.keystone_url, barbican_url=self.stack.cfg.barbican_url,
@@ -271,6 +285,13 @@ class CinderServices:
             return False
         return any(s["binary"] == BINARIES[name] and s["state"] == "up"
                    and s["status"] == "enabled" for s in services)
+
+    def _pool_known(self, admin) -> bool:
+        try:
+            pools = admin.request("GET", "/scheduler-stats/get_pools")["pools"]
+        except ByokError:
+            return False
+        return any(p["name"].startswith(f"{self.host}@") for p in pools)
 
     # -- down, status ------------------------------------------------------------------------
     def down(self, *, broker: bool = True) -> dict[str, bool]:

@@ -68,9 +68,10 @@ class CinderAPI:
     def delete(self, kind: str, rid: str) -> None:
         self.request("DELETE", f"/{KINDS[kind]}/{rid}")
 
-    def wait(self, kind: str, rid: str, want: str, *, timeout: float | None = None
-             ) -> dict | None:
-        """Poll until the resource has status ``want`` (``"deleted"``: until it is gone)."""
+    def wait(self, kind: str, rid: str, want: str, *, timeout: float | None = None,
+             poll: float = 0.2) -> dict | None:
+        """Poll until the resource has status ``want`` (``"deleted"``: until it is gone),
+        every ``poll`` seconds (a benchmark's resolution)."""
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             r = self.raw("GET", f"/{KINDS[kind]}/{rid}")
@@ -87,11 +88,11 @@ class CinderAPI:
                                   + (f" (after {timeout or self.timeout:g} s)"
                                      if not res["status"].startswith("error") else ""),
                                   status=None)
-            time.sleep(0.2)
+            time.sleep(poll)
 
-    def delete_and_wait(self, kind: str, rid: str) -> None:
+    def delete_and_wait(self, kind: str, rid: str, *, poll: float = 0.2) -> None:
         self.delete(kind, rid)
-        self.wait(kind, rid, "deleted")
+        self.wait(kind, rid, "deleted", poll=poll)
 
     # -- attach as Nova does -----------------------------------------------------------------
     def attach(self, volume_id: str, connector: dict, instance_uuid: str) -> dict:

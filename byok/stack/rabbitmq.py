@@ -19,6 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from byok.common import paths, proc
 from byok.common.errors import PortInUse, ToolMissing
@@ -26,6 +27,7 @@ from byok.stack.daemon import Daemon, DaemonSpec
 from byok.stack.server import port_free, port_owner
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+CTL = SERVER.parent / "rabbitmqctl"
 EPMD_CANDIDATES = ("/usr/bin/epmd", "/usr/lib/erlang/bin/epmd")
 START_TIMEOUT = 120.0
 
@@ -66,9 +68,23 @@ class Broker:
         paths.write_private(self.creds_file, json.dumps(creds) + "\n")
         return creds
 
-    def transport_url(self) -> str:
+    def transport_url(self, vhost: str = "/") -> str:
         c = self.credentials()
-        return f"rabbit://{c['user']}:{c['password']}@{self.host}:{self.ports.amqp}/"
+        path = "" if vhost == "/" else quote(vhost, safe="")
+        return f"rabbit://{c['user']}:{c['password']}@{self.host}:{self.ports.amqp}/{path}"
+
+    def ensure_vhost(self, vhost: str) -> None:
+        """A virtual host of its own for a second deployment on this broker (idempotent).
+        oslo.messaging names topic queues by the topic alone (``cinder-scheduler``), bound to
+        every exchange that routes to it, so two Cinders on one vhost take each other's casts
+        whatever their ``control_exchange``."""
+        if vhost == "/":
+            return
+        user = self.credentials()["user"]
+        for args in (["add_vhost", vhost], ["set_permissions", "-p", vhost, user, ".*", ".*",
+                                            ".*"]):
+            proc.run([str(CTL), "-q", "-n", self.node, *args], env=self._env(), timeout=60,
+                     what=f"rabbitmqctl {args[0]}")
 
     def _env(self) -> dict[str, str]:
         b = self.base

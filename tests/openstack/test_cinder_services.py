@@ -247,6 +247,39 @@ def _taken_port() -> socket.socket:
     return s
 
 
+def test_devstack_plugins_cinder_conf_drives_real_cinder(cinder, stack, make_key, tmp_path):
+    """The cinder.conf the devstack plugin writes (its post-config under devstack's real
+    function library, tests/integration/test_devstack_real.py) read by a deployment after
+    byok's own, as ``byok cinder up --conf FILE`` does: the services start with it, and
+    alice's key at create goes through the castellan backend it configures."""
+    from byok.stack.cinder import CinderServices, CinderSettings
+    from byok.stack.cinder_api import CinderAPI
+    from tests.integration.test_devstack_real import load_backend, plugin_cinder_conf
+
+    conf = plugin_cinder_conf(tmp_path, auth_endpoint=stack.cfg.keystone_url,
+                              barbican_endpoint=stack.cfg.barbican_url)
+    assert type(load_backend(conf)).__name__ == "ByokKeyManager"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    svc = CinderServices(stack, CinderSettings(
+        instance="devstack", api_port=port, rabbitmq_port=cinder.settings.rabbitmq_port,
+        extra_conf=[str(conf)]))
+    try:
+        status = svc.up(broker=False)
+        assert status["healthy"] and str(conf) in status["config_files"], status
+        ref, _raw = make_key("alice", "aes512")
+        api = CinderAPI(stack.identity("alice"), svc.api_url)
+        vol = api.create_volume(1, volume_type="luks", encryption_key_id=ref.href)
+        vol = api.wait("volume", vol["id"], "available")
+        assert vol["encryption_key_id"] == ref.secret_id
+        assert vol.get("encryption_key_owner") == "user"
+        api.delete_and_wait("volume", vol["id"])
+    finally:
+        svc.down(broker=False)
+    assert processes_in(svc.base) == []
+
+
 def test_bad_start_one_message_no_stray_process(cinder, stack, tmp_path):
     """A port taken, and cinder-api crashing during start (an unreadable paste file): one
     clear error each, and nothing of the failed deployment keeps running."""

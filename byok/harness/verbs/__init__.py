@@ -8,14 +8,17 @@ does (``ctx.delete_key(ref)``, ``ctx.damage_header(path, "luks1-phdr")``,
 * :mod:`.luks` — format, test a key, dump, damage a header, encrypt a file, recover, other
   readers (qemu-img, dissect.fve), KDF and cipher limits;
 * :mod:`.guest` — guest step builders, QEMU's native read, parallel opens on real dm-crypt;
+* :mod:`.cinder` — the patched Cinder of ``byok cinder up`` through its REST API (the
+  Cinder variants), Nova's use of its answer, QEMU on its volume files;
 * :mod:`.process` — the byok CLI killed at a crash point or a moment, the stack's servers
   paused, stopped, wiped, or behind a fault-injecting proxy.
 """
 
+from byok.harness.verbs.cinder import CinderVerbs
 from byok.harness.verbs.guest import GuestVerbs
 from byok.harness.verbs.keys import KeyVerbs
 from byok.harness.verbs.luks import LuksVerbs
 from byok.harness.verbs.process import ProcessVerbs
 from byok.harness.verbs.volumes import VolumeVerbs
 
-__all__ = ["GuestVerbs", "KeyVerbs", "LuksVerbs", "ProcessVerbs", "VolumeVerbs"]
+__all__ = ["CinderVerbs", "GuestVerbs", "KeyVerbs", "LuksVerbs", "ProcessVerbs", "VolumeVerbs"]
