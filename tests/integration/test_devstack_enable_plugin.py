@@ -42,15 +42,29 @@ def test_readme_line_names_the_branch_this_repository_has():
     assert len(words) == 4, f"enable_plugin byok URL BRANCH, got {words}: without a branch " \
                             f"devstack fetches {DEVSTACK_DEFAULT_BRANCH!r}"
     branch = words[3]
-    heads = subprocess.run(["git", "-C", str(REPO), "for-each-ref", "--format=%(refname:short)",
-                            "refs/heads"], capture_output=True, text=True, check=True)
-    assert branch in heads.stdout.split(), f"branch {branch!r} is not in this repository"
+    # A clone (CI's, a user's) may hold the branch as a local head or only as origin/<branch>.
+    refs = subprocess.run(["git", "-C", str(REPO), "for-each-ref", "--format=%(refname)",
+                           "refs/heads", "refs/remotes"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    names = {r.split("/", 3)[3] if r.startswith("refs/remotes/") else r.split("/", 2)[2]
+             for r in refs if r.count("/") >= 2}
+    assert branch in names, f"branch {branch!r} is not in this repository ({sorted(names)})"
+
+
+def _published(tmp_path: Path, branch: str) -> str:
+    """A bare repository standing for the README's URL, holding this checkout's HEAD as
+    ``branch`` (CI's clone may be on a detached HEAD)."""
+    bare = tmp_path / "published.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    subprocess.run(["git", "-C", str(REPO), "push", "-q", str(bare), f"HEAD:refs/heads/{branch}"],
+                   check=True, capture_output=True)
+    return bare.as_uri()
 
 
 def test_readme_line_clones_the_plugin_as_devstack_does(tmp_path: Path):
     branch = enable_plugin_line()[3]
     dest = tmp_path / "opt" / "stack" / "byok"  # GITDIR[byok]=$DEST/byok
-    r = devstack_git_clone(REPO.as_uri(), dest, branch)
+    r = devstack_git_clone(_published(tmp_path, branch), dest, branch)
     assert r.returncode == 0, r.stderr
     for f in ("devstack/plugin.sh", "devstack/settings", "pyproject.toml"):
         assert (dest / f).is_file(), f"{f} missing from the clone of {branch}"
@@ -60,6 +74,7 @@ def test_without_the_branch_the_clone_fails_and_leaves_the_directory(tmp_path: P
     """Why the README names the branch: devstack's default fails here, and the directory it
     leaves makes the next stack.sh skip the clone."""
     dest = tmp_path / "byok"
-    r = devstack_git_clone(REPO.as_uri(), dest, DEVSTACK_DEFAULT_BRANCH)
+    r = devstack_git_clone(_published(tmp_path, enable_plugin_line()[3]), dest,
+                           DEVSTACK_DEFAULT_BRANCH)
     assert r.returncode != 0 and DEVSTACK_DEFAULT_BRANCH in r.stderr, r.stderr
     assert dest.is_dir() and not (dest / "devstack" / "plugin.sh").exists()
