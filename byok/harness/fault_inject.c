@@ -16,6 +16,12 @@
  * counts write(2) alone (the numbering of strace -e inject=write:...:when=N). With BYOK_FAULT_AT=0
  * nothing is injected: the counter just counts (how many calls an operation makes);
  * BYOK_FAULT_LOG=file appends one line per counted call: "n kind bytes exe".
+ *
+ * BYOK_FAULT_ALL=1 widens the set to every call that changes what survives the process or that
+ * another process sees: pwrite, ftruncate/truncate, copy_file_range, fallocate, unlink/unlinkat,
+ * rmdir, renameat2, and send/sendto/sendmsg (each request to Keystone or Barbican — a kill at
+ * a send is a crash between two calls to the key service). Unset, the numbering is the
+ * original one (write, fsync, fdatasync, rename, renameat).
  * Only the test harness loads it; it is built from this file at run time, never installed.
  */
 #define _GNU_SOURCE
@@ -26,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static int active = -1;
@@ -66,9 +73,20 @@ static void note(long n, const char *kind, size_t bytes) {
 }
 
 /* This call's number in the tree-wide sequence (1-based); 0 if not counting. */
+static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
+static int (*real_fsync)(int);
+
+static void resolve_reals(void) {
+    if (!real_pwrite)
+        real_pwrite = (ssize_t(*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
+    if (!real_fsync)
+        real_fsync = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+}
+
 static long next_call(void) {
     if (!enabled())
         return 0;
+    resolve_reals();
     int fd = open(getenv("BYOK_FAULT_COUNTER"), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
         return 0;
@@ -77,7 +95,7 @@ static long next_call(void) {
     long n = pread(fd, buf, sizeof buf - 1, 0) > 0 ? atol(buf) : 0;
     n++;
     int len = snprintf(buf, sizeof buf, "%ld\n", n);
-    if (pwrite(fd, buf, (size_t)len, 0) < 0)
+    if (real_pwrite(fd, buf, (size_t)len, 0) < 0)
         n = 0;
     flock(fd, LOCK_UN);
     close(fd);
@@ -115,9 +133,10 @@ ssize_t write(int fd, const void *buf, size_t len) {
             char path[64];
             snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
             int plain = open(path, O_WRONLY | O_CLOEXEC);
+            resolve_reals();
             if (plain >= 0) {
-                if (pwrite(plain, buf, keep, pos) >= 0)
-                    fsync(plain);
+                if (real_pwrite(plain, buf, keep, pos) >= 0)
+                    real_fsync(plain);
                 close(plain);
             }
         }
@@ -126,21 +145,48 @@ ssize_t write(int fd, const void *buf, size_t len) {
     return real(fd, buf, len);
 }
 
-#define SIMPLE(name, proto, args)                                                            \
-    int name proto {                                                                         \
-        static int(*real) proto;                                                             \
+/* A counted call that is made whole or not at all. ``wide``: only with BYOK_FAULT_ALL. */
+#define COUNTED(type, name, proto, args, bytes, wide)                                        \
+    type name proto {                                                                        \
+        static type(*real) proto;                                                            \
         if (!real)                                                                           \
-            real = (int(*) proto)dlsym(RTLD_NEXT, #name);                                    \
-        if (!getenv("BYOK_FAULT_WRITES_ONLY")) {                                            \
+            real = (type(*) proto)dlsym(RTLD_NEXT, #name);                                   \
+        if (!getenv("BYOK_FAULT_WRITES_ONLY") && (!(wide) || getenv("BYOK_FAULT_ALL"))) {   \
             long n = next_call();                                                            \
-            note(n, #name, 0);                                                               \
+            note(n, #name, (size_t)(bytes));                                                 \
             if (hit(n))                                                                      \
                 die();                                                                       \
         }                                                                                    \
         return real args;                                                                    \
     }
 
+#define SIMPLE(name, proto, args) COUNTED(int, name, proto, args, 0, 0)
+
 SIMPLE(fsync, (int fd), (fd))
 SIMPLE(fdatasync, (int fd), (fd))
 SIMPLE(rename, (const char *a, const char *b), (a, b))
 SIMPLE(renameat, (int fa, const char *a, int fb, const char *b), (fa, a, fb, b))
+
+COUNTED(int, renameat2, (int fa, const char *a, int fb, const char *b, unsigned int fl),
+        (fa, a, fb, b, fl), 0, 1)
+COUNTED(ssize_t, pwrite, (int fd, const void *buf, size_t len, off_t off), (fd, buf, len, off),
+        len, 1)
+COUNTED(ssize_t, pwrite64, (int fd, const void *buf, size_t len, off_t off),
+        (fd, buf, len, off), len, 1)
+COUNTED(int, ftruncate, (int fd, off_t len), (fd, len), 0, 1)
+COUNTED(int, ftruncate64, (int fd, off_t len), (fd, len), 0, 1)
+COUNTED(int, truncate, (const char *p, off_t len), (p, len), 0, 1)
+COUNTED(int, truncate64, (const char *p, off_t len), (p, len), 0, 1)
+COUNTED(int, fallocate, (int fd, int mode, off_t off, off_t len), (fd, mode, off, len), 0, 1)
+COUNTED(int, fallocate64, (int fd, int mode, off_t off, off_t len), (fd, mode, off, len), 0, 1)
+COUNTED(ssize_t, copy_file_range,
+        (int fi, off_t *oi, int fo, off_t *oo, size_t len, unsigned int fl),
+        (fi, oi, fo, oo, len, fl), len, 1)
+COUNTED(int, unlink, (const char *p), (p), 0, 1)
+COUNTED(int, unlinkat, (int d, const char *p, int fl), (d, p, fl), 0, 1)
+COUNTED(int, rmdir, (const char *p), (p), 0, 1)
+COUNTED(ssize_t, send, (int fd, const void *buf, size_t len, int fl), (fd, buf, len, fl), len, 1)
+COUNTED(ssize_t, sendto,
+        (int fd, const void *buf, size_t len, int fl, const struct sockaddr *a, socklen_t al),
+        (fd, buf, len, fl, a, al), len, 1)
+COUNTED(ssize_t, sendmsg, (int fd, const struct msghdr *m, int fl), (fd, m, fl), 0, 1)
