@@ -101,6 +101,7 @@ def rotate(svc, rid: str, new_key_ref: str, *, policy: str | None = None,
            resume_only: bool = False):
     """Rotate ``rid`` to ``new_key_ref`` (or finish an interrupted rotation first)."""
     pool = svc.pool
+    svc.resume_interrupted()  # e.g. a killed deletion of rid: finished, not rotated
     if reencrypt_journal_for(svc, rid).read() is not None:
         # An interrupted re-encryption owns the volume: finish it (it includes a rotation).
         rec, _ = reencrypt(svc, rid, resume_only=True)
@@ -338,6 +339,7 @@ def reencrypt(svc, rid: str, new_key_ref: str | None = None, *, policy: str | No
     Returns ``(record, seconds of re-encryption)``.
     """
     pool = svc.pool
+    svc.resume_interrupted()
     with pool.lock(rid, shared=False, wait=1.0):
         journal = reencrypt_journal_for(svc, rid)
         doc = journal.read()
