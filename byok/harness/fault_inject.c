@@ -7,7 +7,8 @@
  * that makes it BYOK_FAULT_AT:
  *
  *   - BYOK_FAULT_TORN_BYTES unset: is not made, and the process is killed (SIGKILL) — or, with
- *     BYOK_FAULT_KILL=group, its whole process group (the "power cut": nothing after it runs);
+ *     BYOK_FAULT_KILL=group, its whole process group (the "power cut": nothing after it runs),
+ *     or with BYOK_FAULT_KILL=tree the whole tree across sessions (see note_root below);
  *   - BYOK_FAULT_TORN_BYTES=k (write only): reaches the file with only its first k bytes (what
  *     a power cut leaves of a write), then the kill.
  *
@@ -51,6 +52,10 @@ static int enabled(void) {
     }
     return active;
 }
+
+/* A process forked from a warm interpreter that loaded the injector inactive (the fork server,
+ * byok.harness.forkserver) sets its fault environment and calls this: the next call reads it. */
+void byok_fault_rearm(void) { active = -1; }
 
 static void note(long n, const char *kind, size_t bytes) {
     const char *log = getenv("BYOK_FAULT_LOG");
@@ -102,8 +107,39 @@ static long next_call(void) {
     return n;
 }
 
+/* BYOK_FAULT_KILL=tree: the first process of the tree (the one the harness started, in its
+ * own session) notes its pid in BYOK_FAULT_ROOT when the injector loads; a fault anywhere in
+ * the tree then kills that process's group first — byok, which starts each cryptsetup in a
+ * session of its own, must not live to see its child die — then the faulting process's. */
+__attribute__((constructor)) static void note_root(void) {
+    const char *root = getenv("BYOK_FAULT_ROOT");
+    if (!root || !*root)
+        return;
+    int fd = open(root, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return; /* not the first */
+    char buf[32];
+    int len = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    resolve_reals();
+    if (real_pwrite(fd, buf, (size_t)len, 0) < 0)
+        len = 0;
+    close(fd);
+}
+
 static void die(void) {
     const char *how = getenv("BYOK_FAULT_KILL");
+    if (how && strcmp(how, "tree") == 0) {
+        const char *root = getenv("BYOK_FAULT_ROOT");
+        int fd = root ? open(root, O_RDONLY | O_CLOEXEC) : -1;
+        char buf[32] = {0};
+        if (fd >= 0) {
+            long pid = read(fd, buf, sizeof buf - 1) > 0 ? atol(buf) : 0;
+            close(fd);
+            if (pid > 1 && getpgid((pid_t)pid) == (pid_t)pid)
+                kill((pid_t)-pid, SIGKILL);
+        }
+        kill(0, SIGKILL);
+    }
     if (how && strcmp(how, "group") == 0)
         kill(0, SIGKILL);
     kill(getpid(), SIGKILL);

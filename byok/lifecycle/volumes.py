@@ -157,6 +157,12 @@ class Pool:
                 out.append((rid, op))
         return out
 
+    def leftovers(self) -> list[Path]:
+        """Temporary files of atomic writes (records, journals) whose rename never came: each
+        is written under its resource's lock, so one found under that lock is an orphan."""
+        return sorted([*(self.root / "records").glob("*.tmp"),
+                       *(self.root / "journal").glob("*.tmp")])
+
     def header_backup_path(self, rid: str, suffix: str = "") -> Path:
         """A new header backup name; UTC stamps, so names sort by time."""
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -312,6 +318,20 @@ class VolumeService:
         a crash in here is resumed the same way. Returns what was done; a step that fails (an
         outage) leaves its intent for the next call (``strict``: raises)."""
         done = []
+        for tmp in self.pool.leftovers():
+            rid = tmp.name.split(".", 1)[0]
+            if not rid:  # not one of write_private's <rid>.<...>.tmp
+                continue
+            with contextlib.ExitStack() as held:
+                try:
+                    held.enter_context(self.pool.lock(rid, shared=False, wait=0))
+                except VolumeBusy:
+                    continue
+                # Its writer is gone (we hold the lock it wrote under): the rename that would
+                # have published it never happened, and the file it would have replaced is
+                # intact.
+                tmp.unlink(missing_ok=True)
+                done.append(f"temp file {tmp.name}: removed")
         for rid, op in self.pool.intents():
             with contextlib.ExitStack() as held:
                 try:
@@ -654,12 +674,18 @@ class VolumeService:
         escrow = Sensitive(os.urandom(64))
         ref = api.store(escrow, secret_type="symmetric", name=ESCROW_NAME.format(rid=rid),
                         algorithm="aes", bit_length=512)
+        escrow_pw = keys.passphrase(KeyMaterial(
+            keys.SecretInfo(ref, "symmetric", "aes", 512, None, None, "ACTIVE", None, None,
+                            "application/octet-stream"), escrow))
         try:
             api.set_metadata(ref, {"byok-owner": "service", "byok-escrow-for": rid})
-            luks.add_key(path, user_pw, keys.passphrase(KeyMaterial(
-                keys.SecretInfo(ref, "symmetric", "aes", 512, None, None, "ACTIVE", None, None,
-                                "application/octet-stream"), escrow)))
+            luks.add_key(path, user_pw, escrow_pw)
         except BaseException:
+            # A cryptsetup killed inside luksAddKey may have committed the keyslot: wipe it
+            # first, and delete the secret only then (if the wipe fails, the secret stays for
+            # resume_interrupted to find by name — else nothing could ever tell the slot).
+            with contextlib.suppress(WrongKey):
+                luks.kill_slot(path, luks.test_key(path, escrow_pw), authorising=user_pw)
             api.delete(ref, force=True)
             raise
         return ref.href
