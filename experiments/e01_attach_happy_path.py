@@ -1,8 +1,7 @@
 """E01 — a user's key unlocks LUKS1 and LUKS2 volumes through os-brick (H1)."""
 
-from byok.attach.hook import attach_step, detach_step, read_step, write_step
 from byok.common.pattern import pattern_sha256
-from byok.harness.registry import experiment
+from byok.harness import experiment
 
 
 @experiment(
@@ -31,12 +30,12 @@ def run(ctx):
         prepared.append((provider, v))
     steps = []
     for i, (provider, v) in enumerate(prepared):
-        steps += [attach_step(v, name=f"a1:{provider}"),
-                  write_step(v, 100 + i, data, name=f"w:{provider}"),
-                  detach_step(v, name=f"d1:{provider}"),
-                  attach_step(v, name=f"a2:{provider}"),
-                  read_step(v, data, name=f"r:{provider}"),
-                  detach_step(v, name=f"d2:{provider}")]
+        steps += [ctx.attach_step(v, name=f"a1:{provider}"),
+                  ctx.write_step(v, 100 + i, data, name=f"w:{provider}"),
+                  ctx.detach_step(v, name=f"d1:{provider}"),
+                  ctx.attach_step(v, name=f"a2:{provider}"),
+                  ctx.read_step(v, data, name=f"r:{provider}"),
+                  ctx.detach_step(v, name=f"d2:{provider}")]
     ctx.progress("attach, write, detach, re-attach, read in the guest")
     run = hook.run([v for _, v in prepared], steps)
     ctx.measure("guest_run_s", round(run.seconds, 3), "s")

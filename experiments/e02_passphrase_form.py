@@ -2,16 +2,9 @@
 
 import binascii
 
-from os_brick import utils as osbrick_utils
-
-from byok.attach.hook import attach_step, detach_step, write_step
 from byok.common.errors import WrongKey
 from byok.common.pattern import pattern_sha256
-from byok.common.sensitive import Sensitive
-from byok.guest import native
-from byok.harness.registry import experiment
-from byok.keys import resolver as keys
-from byok.luks import interop
+from byok.harness import experiment
 
 
 @experiment(
@@ -33,10 +26,9 @@ def run(ctx):
     prepared = {}
     for kind, ref in refs.items():
         km = svc.key(ref)
-        ours = keys.passphrase(km).reveal().decode()
-        brick = osbrick_utils.get_passphrase_from_secret(km.castellan_object())
+        ours = ctx.passphrase(km).reveal().decode()
         ctx.check(f"{kind}: byok's passphrase equals os-brick's get_passphrase_from_secret",
-                  ours == brick)
+                  ours == ctx.osbrick_passphrase(km))
         if kind == "symmetric":
             ctx.check("symmetric: the passphrase is the lower-case hex of the key bytes",
                       ours == binascii.hexlify(km.payload.reveal()).decode())
@@ -49,11 +41,11 @@ def run(ctx):
         prepared[kind] = (hook.prepare(conn, enc, new_volume=new), km)
     steps = []
     for i, (v, _) in enumerate(prepared.values()):
-        steps += [attach_step(v), write_step(v, 200 + i, data), detach_step(v)]
+        steps += [ctx.attach_step(v), ctx.write_step(v, 200 + i, data), ctx.detach_step(v)]
     ctx.progress("write through dm-crypt in the guest")
     run = hook.run([v for v, _ in prepared.values()], steps)
     ctx.check("guest attach/write/detach succeeded", all(s["ok"] for s in run.steps))
-    qemu = native.qemu_backend()
+    qemu = ctx.qemu_backend()
     if qemu:
         ctx.note(f"Nova's native path ran for real: a {qemu} guest with the volume attached "
                  "through QEMU's luks block driver and a secret object, read inside the guest.")
@@ -61,23 +53,19 @@ def run(ctx):
         ctx.note("No QEMU backend is usable here (byok doctor): the native path is shown with "
                  "qemu-img's LUKS driver only.")
     ctx.measure("native_path_backend", qemu or "qemu-img", "")
-
-    def qemu_read(path, passphrase, size):
-        if qemu:
-            return native.native_sha256(path, passphrase, size)[0]
-        return interop.qemu_sha256(path, passphrase, size)
+    qemu_read = ctx.qemu_guest_sha256 if qemu else ctx.qemu_img_sha256
 
     for i, (kind, (v, km)) in enumerate(prepared.items()):
         want = pattern_sha256(200 + i, data)
         with ctx.timed(f"qemu_read_s:{kind}"):
-            got = qemu_read(v.path, keys.passphrase(km), data)
+            got = qemu_read(v.path, ctx.passphrase(km), data)
         ctx.check(f"{kind}: QEMU's LUKS driver reads what dm-crypt wrote, same passphrase",
                   got == want)
         if qemu:
             ctx.check(f"{kind}: qemu-img's driver agrees with the QEMU guest",
-                      interop.qemu_sha256(v.path, keys.passphrase(km), data) == want)
+                      ctx.qemu_img_sha256(v.path, ctx.passphrase(km), data) == want)
     # Hex-encoding every secret (a passphrase secret too) does not open a passphrase volume.
     v, km = prepared["passphrase"]
-    wrong = Sensitive(binascii.hexlify(km.payload.reveal()))
+    wrong = ctx.sensitive(binascii.hexlify(km.payload.reveal()))
     with ctx.expect_error(WrongKey, claim="passphrase secret, hex-encoded: QEMU refuses it"):
         qemu_read(v.path, wrong, 4096)

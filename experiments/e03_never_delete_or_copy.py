@@ -3,12 +3,7 @@
 import time
 import uuid
 
-from castellan import key_manager
-
-from byok.harness.registry import experiment
-from byok.key_manager.byok_key_manager import configure, volume_scope
-from byok.keys import resolver as keys
-from byok.keys.barbican import BarbicanAPI
+from byok.harness import experiment
 
 
 @experiment(
@@ -24,31 +19,31 @@ from byok.keys.barbican import BarbicanAPI
 )
 def run(ctx):
     alice = ctx.user("alice")
-    api = BarbicanAPI(alice, ctx.env.barbican_url)
+    api = ctx.barbican("alice")
     for backend in ("barbican", "byok"):
-        km = key_manager.API(configure(auth_url=ctx.env.keystone_url, backend=backend))
+        km = ctx.key_manager(backend)
         cctx = alice.castellan_context()
         ref, raw = ctx.user_key("alice", "aes512")
         before = api.count_secrets()
         vol = str(uuid.uuid4())
-        with volume_scope(vol):
+        with ctx.volume_scope(vol):
             km.get(cctx, ref.secret_id)  # the original volume's attach
         made = []
         for op in ("clone", "backup", "upload"):  # each makes a new resource of its own
             copy_vol = f"{op}-{uuid.uuid4()}"
-            with volume_scope(copy_vol):
+            with ctx.volume_scope(copy_vol):
                 made.append((copy_vol, km.store(cctx, km.get(cctx, ref.secret_id))))
         after_copies = api.count_secrets()
         consumers = {c["resource_id"] for c in api.consumers(ref)}
         for copy_vol, new_id in made:  # the copies are deleted
-            with volume_scope(copy_vol):
+            with ctx.volume_scope(copy_vol):
                 km.delete(cctx, new_id)
-        with volume_scope(vol):
+        with ctx.volume_scope(vol):
             km.delete(cctx, ref.secret_id)  # the original volume is deleted
         left = api.consumers(ref) if backend == "byok" else []
         made = [m for _, m in made]
         try:
-            alive = keys.Resolver(alice, endpoint=ctx.env.barbican_url).resolve(ref)
+            alive = ctx.resolve(ref, user="alice")
             alive_ok = alive.payload.reveal() == raw
         except Exception:
             alive_ok = False
@@ -73,9 +68,9 @@ def run(ctx):
                       not alive_ok)
     # Resolve latency: castellan (new session per call) vs byok (session reused).
     ref, _ = ctx.user_key("alice", "aes512")
-    km = key_manager.API(configure(auth_url=ctx.env.keystone_url, backend="barbican"))
+    km = ctx.key_manager("barbican")
     cctx = alice.castellan_context()
-    resolver = keys.Resolver(alice, endpoint=ctx.env.barbican_url)
+    resolver = ctx.resolver("alice")
     resolver.resolve(ref)
     km.get(cctx, ref.secret_id)
     t_c, t_b = [], []

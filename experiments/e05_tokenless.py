@@ -1,12 +1,7 @@
 """E05 — token-less operations (restart, evacuate): what the service can do on its own (H3)."""
 
-from castellan import key_manager
-
 from byok.common.errors import KeyAccessDenied
-from byok.harness.registry import experiment
-from byok.key_manager.byok_key_manager import configure
-from byok.keys import guard
-from byok.keys.barbican import BarbicanAPI
+from byok.harness import experiment
 
 
 @experiment(
@@ -21,21 +16,19 @@ from byok.keys.barbican import BarbicanAPI
     needs={"stack"},
 )
 def run(ctx):
-    env = ctx.env
     cinder = ctx.user("cinder")
+    owner = ctx.barbican("alice")
     cases = {"nothing": (False, False), "consumer only": (False, True),
              "ACL only": (True, False), "ACL + consumer": (True, True)}
     for name, (acl, consumer) in cases.items():
         ref, raw = ctx.user_key("alice", "aes512")
-        owner = BarbicanAPI(ctx.user("alice"), env.barbican_url)
         volume = f"vol-{name.replace(' ', '-').replace('+', 'and')}"
         if consumer:
-            guard.bind(ref, user=ctx.user("alice"), volume_id=volume, endpoint=env.barbican_url)
+            ctx.bind_key(ref, volume, user="alice")
         if acl:
             owner.set_acl(ref, users=[cinder.user_id()], project_access=True)
         try:
-            km = guard.resolve_for_volume(ref, service_identity=cinder, volume_id=volume,
-                                          endpoint=env.barbican_url)
+            km = ctx.resolve_for_volume(ref, volume, as_user="cinder")
             outcome = "allowed" if km.payload.reveal() == raw else "wrong bytes"
         except KeyAccessDenied:
             outcome = "refused"
@@ -44,22 +37,18 @@ def run(ctx):
         ctx.check(f"{name}: {expected}", outcome == expected, outcome)
         if acl and consumer:
             try:
-                guard.resolve_for_volume(ref, service_identity=cinder, volume_id="another-volume",
-                                         endpoint=env.barbican_url)
+                ctx.resolve_for_volume(ref, "another-volume", as_user="cinder")
                 other = "allowed"
             except KeyAccessDenied:
                 other = "refused"
             ctx.check("ACL + consumer for V does not serve another volume", other == "refused")
         if acl and not consumer:
-            stock = key_manager.API(configure(auth_url=env.keystone_url, backend="barbican"))
+            stock = ctx.key_manager("barbican")
             got = stock.get(cinder.castellan_context(), ref.secret_id).get_encoded()
             ctx.check("contrast: castellan's stock get as cinder with an ACL alone returns the key "
                       "(no notion of which volume it is for)", got == raw)
-    nova = ctx.user("nova")
     ref, _ = ctx.user_key("alice", "aes512")
-    guard.bind(ref, user=ctx.user("alice"), volume_id="vol-n", endpoint=env.barbican_url)
-    BarbicanAPI(ctx.user("alice"), env.barbican_url).set_acl(ref, users=[cinder.user_id()],
-                                                             project_access=True)
+    ctx.bind_key(ref, "vol-n", user="alice")
+    owner.set_acl(ref, users=[cinder.user_id()], project_access=True)
     with ctx.expect_error(KeyAccessDenied, claim="nova cannot use an ACL granted to cinder"):
-        guard.resolve_for_volume(ref, service_identity=nova, volume_id="vol-n",
-                                 service="cinder", endpoint=env.barbican_url)
+        ctx.resolve_for_volume(ref, "vol-n", as_user="nova", service="cinder")

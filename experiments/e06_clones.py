@@ -1,14 +1,10 @@
 """E06 — clones share the key (or rekey only the keyslot); parallel clones don't serialise (H4)."""
 
-import os
 import threading
 import time
 
 from byok.common.errors import WrongKey
-from byok.harness.registry import experiment
-from byok.keys import resolver as keys
-from byok.keys.barbican import BarbicanAPI
-from byok.luks import cryptsetup as luks
+from byok.harness import experiment
 
 
 @experiment(
@@ -25,39 +21,36 @@ from byok.luks import cryptsetup as luks
 )
 def run(ctx):
     svc = ctx.volumes(with_service=False)
-    api = BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url)
+    api = ctx.barbican("alice")
     ref, _ = ctx.user_key("alice", "aes512")
     new, _ = ctx.user_key("alice", "aes512")
     src = svc.create(ctx.param("size_mib") << 20, ref.href)
     path = svc.pool.path(src.id)
-    offset = luks.dump(path).data_offset
-    with open(path, "r+b") as f:  # "written data": random ciphertext after the header
-        f.seek(offset)
-        for _ in range(ctx.param("data_mib")):
-            f.write(os.urandom(1 << 20))
-    pw = keys.passphrase(svc.key(ref))
-    vk = luks.volume_key(path, pw)
+    # "written data": random ciphertext after the header
+    ctx.fill_random(path, ctx.luks_dump(path).data_offset, ctx.param("data_mib") << 20)
+    pw = ctx.passphrase(svc.key(ref))
+    vk = ctx.volume_key(path, pw)
     before = api.count_secrets()
     with ctx.timed("clone_s"):
         same = svc.clone(src.id)
     ctx.check("same-key clone: no new Barbican secret", api.count_secrets() == before)
     ctx.check("same-key clone: the clone shares the ref and the volume key",
-              same.key_ref == ref.href and luks.volume_key(svc.pool.path(same.id), pw) == vk)
+              same.key_ref == ref.href and ctx.volume_key(svc.pool.path(same.id), pw) == vk)
     ctx.check("same-key clone: registered as a consumer of the key",
               any(c["resource_id"] == same.id for c in api.consumers(ref)))
     with ctx.timed("rekeyed_clone_s"):
         rk = svc.clone(src.id, key_ref=new.href)
     rk_path = svc.pool.path(rk.id)
-    new_pw = keys.passphrase(svc.key(new))
-    ctx.check("rekeyed clone opens with the new key", luks.test_key(rk_path, new_pw) >= 0)
+    new_pw = ctx.passphrase(svc.key(new))
+    ctx.check("rekeyed clone opens with the new key", ctx.test_key(rk_path, new_pw) >= 0)
     try:
-        luks.test_key(rk_path, pw)
+        ctx.test_key(rk_path, pw)
         old_opens = True
     except WrongKey:
         old_opens = False
     ctx.check("rekeyed clone no longer opens with the source's key", not old_opens)
     ctx.check("rekeyed clone keeps the source's VOLUME key (a keyslot change, not a re-encryption)",
-              luks.volume_key(rk_path, new_pw) == vk)
+              ctx.volume_key(rk_path, new_pw) == vk)
     n = ctx.param("parallel")
     bystander = svc.create(48 << 20, ref.href)  # another volume, unrelated to the big source
     for mode in ("per-volume", "global"):

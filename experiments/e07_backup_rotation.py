@@ -2,9 +2,7 @@
 
 from byok.common.errors import WrongKey
 from byok.common.pattern import pattern
-from byok.harness.registry import experiment
-from byok.keys import resolver as keys
-from byok.luks import recovery
+from byok.harness import experiment
 
 
 @experiment(
@@ -35,14 +33,11 @@ def run(ctx):
     ctx.check("it restores with the key recorded at backup time (the old key)",
               restored.key_ref == old.href)
     out = ctx.scratch / "restored.plain"
-    recovery.recover(svc.pool.path(restored.id), out,
-                     passphrase=keys.passphrase(svc.key(old)))
+    ctx.recover(svc.pool.path(restored.id), out, ctx.passphrase(svc.key(old)))
     ctx.check("restored plaintext is identical to the data at backup time",
               out.read_bytes() == raw.read_bytes())
     ctx.note("Deleting the old key after a rotation makes every earlier backup unrestorable; "
              "Barbican refuses that delete while the backups are registered consumers.")
-    consumers = [c["resource_type"] for c in
-                 keys.Resolver(ctx.user("alice"), endpoint=ctx.env.barbican_url)
-                 .api.consumers(old)]
+    consumers = [c["resource_type"] for c in ctx.barbican("alice").consumers(old)]
     ctx.check("the old key still has the backup as a consumer after the rotation",
               "backup" in consumers, str(consumers))

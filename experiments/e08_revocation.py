@@ -2,13 +2,9 @@
 
 import time
 
-from byok.attach.hook import attach_step, detach_step, read_step, wait_step, write_step
 from byok.common.errors import KeyAccessDenied, KeyNotFound
 from byok.common.pattern import pattern_sha256
-from byok.harness.registry import experiment
-from byok.keys import guard
-from byok.keys import resolver as keys
-from byok.keys.barbican import BarbicanAPI
+from byok.harness import experiment
 
 
 @experiment(
@@ -23,22 +19,19 @@ from byok.keys.barbican import BarbicanAPI
 )
 def run(ctx):
     data = ctx.param("data_mib") << 20
-    env = ctx.env
     svc, hook = ctx.volumes(with_service=False), ctx.hook()
-    owner = BarbicanAPI(ctx.user("alice"), env.barbican_url)
+    owner = ctx.barbican("alice")
     deleted_ref, _ = ctx.user_key("alice", "aes512")
     acl_ref, _ = ctx.user_key("alice", "aes512")
-    cinder = ctx.user("cinder")
     vols = {}
     for name, ref in (("deleted", deleted_ref), ("acl", acl_ref)):
         rec = svc.create(64 << 20, ref.href)
         conn, enc, new = svc.attach_args(rec.id)
         vols[name] = (rec, hook.prepare(conn, enc, new_volume=new))
-    owner.set_acl(acl_ref, users=[cinder.user_id()], project_access=True)
+    owner.set_acl(acl_ref, users=[ctx.user("cinder").user_id()], project_access=True)
     acl_vol = vols["acl"][0].id
     ctx.check("before revocation the service resolves the ACL'd key for its volume",
-              bool(guard.resolve_for_volume(acl_ref, service_identity=cinder, volume_id=acl_vol,
-                                            endpoint=env.barbican_url).payload))
+              bool(ctx.resolve_for_volume(acl_ref, acl_vol, as_user="cinder").payload))
     revoked: dict = {}
 
     def revoke(token: str) -> None:
@@ -47,7 +40,7 @@ def run(ctx):
         done = time.perf_counter()
         # While the mappings are still open in the guest: does the very next resolve fail?
         try:
-            keys.Resolver(ctx.user("alice"), endpoint=env.barbican_url).resolve(deleted_ref)
+            ctx.resolve(deleted_ref, user="alice")
             revoked["next_resolve"] = "succeeded"
         except KeyNotFound:
             revoked["next_resolve"] = "KeyNotFound"
@@ -55,12 +48,12 @@ def run(ctx):
 
     steps = []
     for i, (_, v) in enumerate(vols.values()):
-        steps += [attach_step(v), write_step(v, 300 + i, data)]
-    steps.append(wait_step("revoke"))
+        steps += [ctx.attach_step(v), ctx.write_step(v, 300 + i, data)]
+    steps.append(ctx.wait_step("revoke"))
     for i, (_, v) in enumerate(vols.values()):
-        steps += [read_step(v, data, name=f"after:{i}"), write_step(v, 310 + i, data,
-                                                                      name=f"w2:{i}"),
-                  read_step(v, data, name=f"after2:{i}"), detach_step(v)]
+        steps += [ctx.read_step(v, data, name=f"after:{i}"),
+                  ctx.write_step(v, 310 + i, data, name=f"w2:{i}"),
+                  ctx.read_step(v, data, name=f"after2:{i}"), ctx.detach_step(v)]
     ctx.progress("attach, write, revoke on the host, read again in the guest")
     run = hook.run([v for _, v in vols.values()], steps, on_wait=revoke)
     for i, name in enumerate(vols):
@@ -78,10 +71,8 @@ def run(ctx):
     ctx.measure("failing_attach_latency_s", round(ctx.last_duration, 4), "s")
     with ctx.expect_error(KeyAccessDenied,
                           claim="the next token-less resolve of the ACL-revoked key fails"):
-        guard.resolve_for_volume(acl_ref, service_identity=cinder, volume_id=acl_vol,
-                                 endpoint=env.barbican_url)
+        ctx.resolve_for_volume(acl_ref, acl_vol, as_user="cinder")
     ctx.check("the user can still open the ACL-revoked volume with their own token",
-              bool(keys.Resolver(ctx.user("alice"), endpoint=env.barbican_url)
-                   .resolve(acl_ref).payload))
+              bool(ctx.resolve(acl_ref, user="alice").payload))
     ctx.measure("mapping_used_after_revocation_s", round(run.step("after2:1")["seconds"]
                                             + run.step("after:1")["seconds"], 3), "s")

@@ -1,11 +1,7 @@
 """E10 — keyslot rekey vs full re-encryption: time vs size, what each revokes, and whether an
 interrupted re-encryption can always be finished (H6)."""
 
-from byok.harness import crashenum
-from byok.harness.registry import experiment
-from byok.keys import resolver as keys
-from byok.lifecycle import rotation
-from byok.luks import cryptsetup as luks
+from byok.harness import crashenum, experiment
 
 
 @experiment(
@@ -30,15 +26,15 @@ def run(ctx):
             new, _ = ctx.user_key("alice", "aes512")
             vol = svc.create(size << 20, old.href)
             path = svc.pool.path(vol.id)
-            vk_before = luks.volume_key(path, keys.passphrase(svc.key(old)))
+            vk_before = ctx.volume_key(path, ctx.passphrase(svc.key(old)))
             if mode == "rekey":
                 with ctx.timed():
-                    rotation.rotate(svc, vol.id, new.href)
+                    ctx.rotate(svc, vol.id, new.href)
                 rekey_t[size] = ctx.last_duration
             else:
-                _, seconds = rotation.reencrypt(svc, vol.id, new.href)
+                _, seconds = ctx.reencrypt(svc, vol.id, new.href)
                 reenc_t[size] = seconds
-            vk_after = luks.volume_key(path, keys.passphrase(svc.key(new)))
+            vk_after = ctx.volume_key(path, ctx.passphrase(svc.key(new)))
             same = vk_after == vk_before
             ctx.check(f"{size} MiB {mode}: volume key "
                       f"{'unchanged' if mode == 'rekey' else 'changed'}",

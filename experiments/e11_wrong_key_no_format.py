@@ -1,21 +1,8 @@
 """E11 — wrong, missing key and damaged headers give typed errors and never a format (H7)."""
 
-import hashlib
-
-from byok.attach.hook import attach_step, detach_step, read_step, write_step
 from byok.common.errors import HeaderCorrupt, KeyNotFound, NotLuks, WrongKey
 from byok.common.pattern import pattern_sha256
-from byok.harness.registry import experiment
-from byok.keys.barbican import BarbicanAPI
-from byok.luks import cryptsetup as luks
-
-
-def _sha(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+from byok.harness import experiment
 
 
 @experiment(
@@ -43,39 +30,39 @@ def run(ctx):
         prepared[name] = hook.prepare(conn, enc, new_volume=new)
     steps = []
     for i, v in enumerate(prepared.values()):
-        steps += [attach_step(v), write_step(v, 400 + i, data), detach_step(v)]
+        steps += [ctx.attach_step(v), ctx.write_step(v, 400 + i, data), ctx.detach_step(v)]
     first = hook.run(list(prepared.values()), steps)
     ctx.check("setup: data written through dm-crypt", all(s["ok"] for s in first.steps))
     main = svc.pool.path(vols["main"].id)
 
     def attempt(claim, exc, conn_ref, path, *, new=False, rid=None):
-        before = _sha(path)
+        before = ctx.file_sha256(path)
         with ctx.expect_error(*exc, claim=claim):
             conn, enc, _ = svc.attach_args(rid or vols["main"].id, conn_ref)
             conn["data"]["device_path"] = str(path)
             hook.prepare(conn, enc, new_volume=new)
         ctx.measure(f"error_latency_s:{claim.split(':')[0]}", round(ctx.last_duration, 4), "s")
-        ctx.check(f"{claim.split(':')[0]}: bytes unchanged", _sha(path) == before)
+        ctx.check(f"{claim.split(':')[0]}: bytes unchanged", ctx.file_sha256(path) == before)
 
     attempt("wrong key: WrongKey", (WrongKey,), wrong.href, main)
-    BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url).delete(gone, force=True)
+    ctx.delete_key(gone, force=True)
     attempt("missing key: KeyNotFound", (KeyNotFound,), gone.href,
             svc.pool.path(vols["gone"].id), rid=vols["gone"].id)
     for rec in (vols["main"], vols["bare"]):
-        with open(svc.pool.path(rec.id), "r+b") as f:
-            f.write(bytes(592))  # destroy the LUKS1 header (keyslots remain)
+        ctx.damage_header(svc.pool.path(rec.id), "luks1-phdr")  # the keyslots remain
     attempt("damaged header: HeaderCorrupt/NotLuks", (HeaderCorrupt, NotLuks), ref.href, main)
     attempt("damaged header marked new: still refused", (HeaderCorrupt, NotLuks), ref.href, main,
             new=True)
     blank = ctx.blank_file("blank.img", 64 << 20)
     attempt("blank but not new: NotLuks", (NotLuks,), ref.href, blank)
-    ctx.check("the blank device was not formatted", not luks.is_luks(blank))
+    ctx.check("the blank device was not formatted", not ctx.is_luks(blank))
     # Contrast: bare os-brick (no byok guard) on the damaged volume.
     bare = prepared["bare"]
     guarded = prepared["main"]
     run = hook.run([bare, guarded], [
-        attach_step(bare, guard=False, name="bare"), read_step(bare, data, name="bare-read"),
-        detach_step(bare), attach_step(guarded, name="guarded", continue_on_error=True)])
+        ctx.attach_step(bare, guard=False, name="bare"),
+        ctx.read_step(bare, data, name="bare-read"), ctx.detach_step(bare),
+        ctx.attach_step(guarded, name="guarded", continue_on_error=True)])
     b = run.step("bare")
     ctx.check("contrast: bare os-brick ran luksFormat on the damaged volume",
               b.get("formatted") is True, str([c[:2] for c in b.get("commands", [])]))

@@ -2,11 +2,7 @@
 
 import time
 
-from byok.bench.kdf import parallel_unlocks
-from byok.common.sensitive import Sensitive
-from byok.guest import Disk, Guest
-from byok.harness.registry import experiment
-from byok.luks import cryptsetup as luks
+from byok.harness import experiment
 
 SLICE = 4 << 20
 POLICIES = ("machine-key", "passphrase", "osbrick-default")
@@ -25,26 +21,26 @@ POLICIES = ("machine-key", "passphrase", "osbrick-default")
                   "osbrick-default": [1, 2, 4]}, "guest_parallel": 32},
 )
 def run(ctx):
-    pw = Sensitive(b"ab" * 64)  # a 128-hex-character passphrase, like a 512-bit key's
+    pw = ctx.sensitive(b"ab" * 64)  # a 128-hex-character passphrase, like a 512-bit key's
     unlock = {}
     for policy in POLICIES:
         ctx.progress(f"{policy}: format and unlock on the host")
         vol = ctx.blank_file(f"{policy}.img", 64 << 20)
         with ctx.timed(f"format_s:{policy}"):
-            info = luks.format(vol, pw, policy=policy)
+            info = ctx.luks_format(vol, pw, policy=policy)
         kdf = info.keyslots[min(info.keyslots)]
         ctx.measure(f"kdf_memory_kib:{policy}", kdf.get("memory_kib") or 0, "KiB",
                     note=str(kdf.get("kdf")))
         samples = []
         for _ in range(3 if policy != "osbrick-default" else 1):
             t0 = time.perf_counter()
-            luks.test_key(vol, pw)
+            ctx.test_key(vol, pw)
             samples.append(time.perf_counter() - t0)
         unlock[policy] = min(samples)
         ctx.measure(f"open_s:{policy}", round(unlock[policy], 4), "s", samples=samples,
                     note="the KDF part of an open (cryptsetup --test-passphrase, host)")
         for n in ctx.param("n")[policy]:
-            r = parallel_unlocks(vol, pw, n)
+            r = ctx.parallel_unlocks(vol, pw, n)
             ctx.measure(f"parallel_wall_s:{policy}:{n}", round(r["wall"], 3), "s")
             ctx.measure(f"parallel_peak_mib:{policy}:{n}", round(r["peak_mib"], 1), "MiB")
             ctx.check(f"{policy}: {n} parallel unlocks all succeed", r["failures"] == 0,
@@ -59,7 +55,7 @@ def run(ctx):
     # Real dm-crypt: N machine-key volumes opened in parallel in the guest.
     n = ctx.param("guest_parallel")
     tmpl = ctx.blank_file("tmpl.img", SLICE)
-    offset = luks.format(tmpl, pw, policy="machine-key", compact=True).data_offset
+    offset = ctx.luks_format(tmpl, pw, policy="machine-key", compact=True).data_offset
     head = tmpl.read_bytes()[:offset]
     multi = ctx.blank_file("multi.img", n * SLICE)
     with open(multi, "r+b") as f:
@@ -67,13 +63,7 @@ def run(ctx):
             f.seek(i * SLICE)
             f.write(head)
     ctx.progress(f"{n} parallel luksOpen on real dm-crypt")
-    run = Guest().run([
-        {"op": "dm_slices", "disk": "multi", "count": n, "size": SLICE, "prefix": "mk",
-         "name": "slices"},
-        {"op": "parallel_open", "key": "pw", "devices": [f"/dev/mapper/mk{i}" for i in range(n)],
-         "name": "parallel"},
-    ], disks=[Disk(multi, "multi")], secrets={"pw": pw})
-    p = run.step("parallel")
+    p = ctx.guest_parallel_open(multi, n, SLICE, pw)
     ctx.check(f"{n} parallel machine-key luksOpen on real dm-crypt all succeed",
               p.get("ok") and not p.get("failures"), str(p.get("failures", p))[:200])
     ctx.measure(f"guest_parallel_wall_s:{n}", round(p.get("wall_seconds", -1), 3), "s")

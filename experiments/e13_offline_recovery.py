@@ -1,29 +1,10 @@
 """E13 — offline recovery with only the user's key; escrow both ways (H9)."""
 
-import os
-import re
 import time
 
-from byok.common import proc, sparse
 from byok.common.errors import ByokError, KeyNotFound, WrongKey
 from byok.common.pattern import pattern
-from byok.common.sensitive import Sensitive
-from byok.harness.registry import experiment
-from byok.keys import resolver as keys
-from byok.keys.barbican import BarbicanAPI
-from byok.luks import cryptsetup as luks
-from byok.luks import recovery
-
-
-def _openssl_mb_s(sector: int) -> float | None:
-    res = proc.run(["openssl", "speed", "-evp", "aes-256-xts", "-bytes", str(sector),
-                    "-seconds", "1"], check=False, timeout=120)
-    for line in res.out.splitlines():
-        if line.startswith("AES-256-XTS"):
-            m = re.search(r"([\d.]+)k\s*$", line.strip())
-            if m:
-                return float(m.group(1)) * 1000 / 1e6
-    return None
+from byok.harness import experiment
 
 
 @experiment(
@@ -39,7 +20,6 @@ def _openssl_mb_s(sector: int) -> float | None:
     params={"data_mib": 16, "throughput_mib": 256},
 )
 def run(ctx):
-    stack = ctx.env.stack
     svc = ctx.volumes()
     ref, raw_key = ctx.user_key("alice", "aes512")
     data = ctx.scratch / "data.raw"
@@ -48,7 +28,7 @@ def run(ctx):
     vol = svc.create_from_image(svc.image_from_raw(data, ref.href).id)
     vol = svc.add_escrow(vol.id)
     ctx.check("the volume has a user keyslot and an escrow keyslot",
-              bool(vol.escrow_ref) and len(luks.dump(svc.pool.path(vol.id)).active_slots) == 2)
+              bool(vol.escrow_ref) and len(ctx.luks_dump(svc.pool.path(vol.id)).active_slots) == 2)
     escrow_pw = svc.escrow_passphrase(vol)
     files = {"volume": svc.pool.path(vol.id), "backup": svc.pool.path(svc.backup(vol.id).id),
              "image": svc.pool.path(svc.upload_image(vol.id).id)}
@@ -56,29 +36,21 @@ def run(ctx):
     key_file.write_bytes(raw_key)
     key_file.chmod(0o600)
     ctx.progress("wipe the deployment's Barbican: server stopped, database moved away")
-    db = stack.cfg.state_dir / "barbican" / "barbican.sqlite"
-    aside = db.with_name("barbican.sqlite.e13-wiped")
-    stack.barbican().stop()
-    db.rename(aside)
-    try:
-        ctx.check("the deployment's Barbican is gone (no server, no database)",
-                  stack.barbican().running_pid() is None and not db.exists())
-        pws = recovery.read_passphrase(key_file=key_file)
+    with ctx.barbican_wiped() as wiped:
+        ctx.check("the deployment's Barbican is gone (no server, no database)", wiped.gone())
+        pws = ctx.recovery_passphrases(key_file=key_file)
         for what, path in files.items():
             out = ctx.scratch / f"user-{what}.plain"
             with ctx.timed(f"user_recovery_s:{what}"):
-                summary = recovery.recover(path, out, passphrase=pws[0])
+                summary = ctx.recover(path, out, pws[0])
             ctx.check(f"Barbican wiped: the user recovers the {what}'s exact plaintext with "
                       "the raw key bytes", out.read_bytes()[: len(want)] == want)
             ctx.measure(f"user_recovery_slot:{what}", summary["slot"], "")
             out.unlink()
-    finally:
-        aside.rename(db)
-        stack.up()
     # The user loses the key (deleted in Barbican, no copy kept): the deployment's escrow opens.
-    BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url).delete(ref, force=True)
+    ctx.delete_key(ref, force=True)
     out = ctx.scratch / "escrow.plain"
-    recovery.recover(files["volume"], out, passphrase=escrow_pw)
+    ctx.recover(files["volume"], out, escrow_pw)
     ctx.check("user key lost: the deployment recovers through the escrow keyslot",
               out.read_bytes()[: len(want)] == want)
     out.unlink()
@@ -86,31 +58,29 @@ def run(ctx):
     ref2, _ = ctx.user_key("alice", "aes512")
     plain = svc.create_from_image(svc.image_from_raw(data, ref2.href).id)
     plain_path = svc.pool.path(plain.id)
-    BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url).delete(ref2, force=True)
+    ctx.delete_key(ref2, force=True)
     ctx.check("no escrow: the volume has exactly one keyslot (the user's)",
-              len(luks.dump(plain_path).active_slots) == 1)
+              len(ctx.luks_dump(plain_path).active_slots) == 1)
     with ctx.expect_error(KeyNotFound, claim="no escrow + lost user key: Barbican no longer "
                                              "has the only key that opens it"):
         svc.key(ref2.href)
-    tried = _deployment_keys_open(svc, plain_path)
+    tried, opened = _deployment_keys_open(ctx, plain_path)
     ctx.check("no escrow: none of the deployment's own keys opens it (the data is gone)",
-              tried[1] == 0, f"{tried[0]} deployment keys tried")
+              opened == 0, f"{tried} deployment keys tried")
     _throughput(ctx)
-    keys.Resolver(ctx.user("alice"), endpoint=ctx.env.barbican_url)  # the stack is back
 
 
-def _deployment_keys_open(svc, path) -> tuple[int, int]:
+def _deployment_keys_open(ctx, path) -> tuple[int, int]:
     """(keys tried, keys that open ``path``) over every secret of the service project."""
-    api = keys.Resolver(svc.service, endpoint=svc.endpoint).api
     tried = opened = 0
-    for s in api.list_secrets(limit=200):
+    for s in ctx.barbican("cinder").list_secrets(limit=200):
         try:
-            km = keys.Resolver(svc.service, endpoint=svc.endpoint).resolve(s["secret_ref"])
+            km = ctx.resolve(s["secret_ref"], user="cinder")
         except ByokError:
             continue
         tried += 1
         try:
-            luks.test_key(path, keys.passphrase(km))
+            ctx.test_key(path, ctx.passphrase(km))
             opened += 1
         except WrongKey:
             pass
@@ -123,36 +93,29 @@ def _throughput(ctx) -> None:
     size = ctx.param("throughput_mib") << 20
     big = ctx.scratch / "big.raw"
     big.write_bytes(pattern(5, size))
+    pw = ctx.sensitive(b"cd" * 64)
     for sector in (4096, 512):
         ctx.progress(f"throughput, {sector}-byte sectors")
         img = ctx.scratch / f"tp-{sector}.img"
-        pw = Sensitive(b"cd" * 64)
-        sparse.copy_sparse(big, img)
-        os.truncate(img, size + (32 << 20))
-        proc.run(["cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "--batch-mode",
-                  "--force-offline-reencrypt", "--reduce-device-size", "32M", "--sector-size",
-                  str(sector), "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
-                  "--key-file=-", str(img)], input=pw, timeout=600)
-        os.truncate(img, luks.dump(img).data_offset + size)
+        ctx.encrypt_file(big, img, pw, sector_size=sector)  # byok's image builder
         with open(img, "rb") as f:  # warm: measure decryption and writing, not the disk read
             while f.read(64 << 20):
                 pass
         t0 = time.perf_counter()
-        s = recovery.recover(img, None, passphrase=pw)  # --check: read + decrypt
+        s = ctx.recover(img, None, pw)  # --check: read + decrypt
         decrypt = size / (time.perf_counter() - t0) / 1e6
         out = ctx.scratch / f"tp-{sector}.plain"
         t0 = time.perf_counter()
-        recovery.recover(img, out, passphrase=pw)
+        ctx.recover(img, out, pw)
         to_file = size / (time.perf_counter() - t0) / 1e6
         ctx.measure(f"recover_decrypt_mb_s:{sector}", round(decrypt, 1), "MB/s",
                     note=s["backend"])
         ctx.measure(f"recover_to_file_mb_s:{sector}", round(to_file, 1), "MB/s")
-        ossl = _openssl_mb_s(sector)
-        if ossl:
-            ctx.measure(f"openssl_mb_s:{sector}", round(ossl, 1), "MB/s", note="one core")
-            ctx.measure(f"recover_vs_openssl:{sector}", round(to_file / ossl, 3), "x",
-                        note="to a file")
-            ctx.measure(f"decrypt_vs_openssl:{sector}", round(decrypt / ossl, 3), "x")
+        ossl = ctx.openssl_mb_s(sector, seconds=1)
+        ctx.measure(f"openssl_mb_s:{sector}", round(ossl, 1), "MB/s", note="one core")
+        ctx.measure(f"recover_vs_openssl:{sector}", round(to_file / ossl, 3), "x",
+                    note="to a file")
+        ctx.measure(f"decrypt_vs_openssl:{sector}", round(decrypt / ossl, 3), "x")
         ctx.check(f"{sector}-byte sectors: throughput data recovered correctly",
                   out.read_bytes() == big.read_bytes())
         out.unlink()

@@ -1,18 +1,7 @@
 """E14 — Barbican/Keystone outage and slowness during attach (H3/H10)."""
 
-import hashlib
-import os
-import signal
-
-from byok.attach.hook import AttachHook
 from byok.common.errors import KeyServiceUnavailable
-from byok.harness.faults import FaultInjectingProxy
-from byok.harness.registry import experiment
-from byok.keys.identity import Identity
-
-
-def _sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from byok.harness import experiment
 
 
 @experiment(
@@ -27,24 +16,23 @@ def _sha(path) -> str:
     params={"deadline_s": 3.0},
 )
 def run(ctx):
-    stack = ctx.env.stack
+    ports = ctx.env.stack.cfg
     deadline = ctx.param("deadline_s")
     svc = ctx.volumes(with_service=False)
     ref, _ = ctx.user_key("alice", "aes512")
     vol = svc.create(48 << 20, ref.href)
     path = svc.pool.path(vol.id)
-    before = _sha(path)
+    before = ctx.file_sha256(path)
     conn, enc, _ = svc.attach_args(vol.id)
     enc["key_ref"] = ref.secret_id  # a bare UUID: resolved against whichever endpoint we use
 
     def hook_via(endpoint, identity=None):
-        from byok.keys import resolver as keys
-
-        r = keys.Resolver(identity or ctx.user("alice"), endpoint=endpoint, deadline=deadline)
-        return AttachHook(resolve=lambda key_ref, _vid: r.resolve(key_ref)), r
+        """A hook resolving as alice (or ``identity``) at ``endpoint`` with a short deadline."""
+        r = ctx.resolver("alice", identity=identity, endpoint=endpoint, deadline=deadline)
+        return ctx.hook(resolver=r), r
 
     for mode in ("error500", "truncate", "garbage", "hang"):
-        with FaultInjectingProxy(ctx.env.barbican_url, mode) as proxy:
+        with ctx.barbican_faults(mode) as proxy:
             hook, r = hook_via(proxy.url)
             with ctx.expect_error(KeyServiceUnavailable,
                                   claim=f"{mode}: typed error after the deadline"):
@@ -53,32 +41,23 @@ def run(ctx):
             ctx.measure(f"attempts:{mode}", r.api.attempts, "requests")
             ctx.check(f"{mode}: bounded (<= deadline + one attempt timeout + 1 s)",
                       ctx.last_duration <= deadline + 4.0, f"{ctx.last_duration:.1f} s")
-        with FaultInjectingProxy(ctx.env.barbican_url, mode if mode != "hang" else "error500",
-                                 fail_first=2) as proxy:
+        with ctx.barbican_faults(mode if mode != "hang" else "error500", fail_first=2) as proxy:
             hook, r = hook_via(proxy.url)
             with ctx.timed(f"transient_attach_prepare_s:{mode}"):
                 v = hook.prepare(conn, enc)
             ctx.check(f"{mode}: two transient faults are absorbed by the retries",
                       v.state == "luks")
-    pid = stack.barbican().running_pid()
-    os.killpg(os.getpgid(pid), signal.SIGSTOP)
-    try:
+    with ctx.barbican_paused():
         hook, _ = hook_via(ctx.env.barbican_url)
         with ctx.expect_error(KeyServiceUnavailable, claim="paused Barbican: typed error"):
             hook.prepare(conn, enc)
         ctx.measure("time_to_error_s:paused", round(ctx.last_duration, 2), "s")
         ctx.check("paused Barbican: the error names Barbican's endpoint",
-                  str(stack.cfg.barbican_port) in str(ctx.last_error))
-    finally:
-        os.killpg(os.getpgid(pid), signal.SIGCONT)
-    stack.keystone().stop()
-    try:
-        fresh = Identity.from_cloud(stack.cloud_name("alice"), clouds_yaml=stack.cfg.clouds_yaml)
-        hook, _ = hook_via(ctx.env.barbican_url, fresh)
+                  str(ports.barbican_port) in str(ctx.last_error))
+    with ctx.keystone_down():
+        hook, _ = hook_via(ctx.env.barbican_url, ctx.fresh_user("alice"))
         with ctx.expect_error(KeyServiceUnavailable, claim="Keystone down: typed error"):
             hook.prepare(conn, enc)
         ctx.check("Keystone down: the error names Keystone's endpoint",
-                  str(stack.cfg.keystone_port) in str(ctx.last_error))
-    finally:
-        stack.up()
-    ctx.check("the volume's bytes are unchanged by all of it", _sha(path) == before)
+                  str(ports.keystone_port) in str(ctx.last_error))
+    ctx.check("the volume's bytes are unchanged by all of it", ctx.file_sha256(path) == before)

@@ -2,10 +2,7 @@
 
 from byok.common.errors import KeyNotFound, SecretConflict
 from byok.common.pattern import pattern
-from byok.harness.registry import experiment
-from byok.keys.barbican import BarbicanAPI
-from byok.lifecycle import rotation
-from byok.luks import recovery
+from byok.harness import experiment
 
 
 @experiment(
@@ -20,7 +17,7 @@ from byok.luks import recovery
 )
 def run(ctx):
     svc = ctx.volumes(with_service=False)
-    owner = BarbicanAPI(ctx.user("alice"), ctx.env.barbican_url)
+    owner = ctx.barbican("alice")
     ref, raw = ctx.user_key("alice", "aes512")
     new, _ = ctx.user_key("alice", "aes512")
     data = ctx.scratch / "data.raw"
@@ -36,21 +33,20 @@ def run(ctx):
               str(seen))
     ctx.measure("consumers_visible", len(seen), "resources")
     with ctx.expect_error(SecretConflict, claim="a plain delete is refused while in use"):
-        owner.delete(ref)
-    owner.delete(ref, force=True)
+        ctx.delete_key(ref)
+    ctx.delete_key(ref, force=True)
     count = len(svc.pool.list())
     for name, op in (("attach", lambda: svc.key(ref)),
                      ("clone", lambda: svc.clone(vol.id)),
                      ("backup", lambda: svc.backup(vol.id)),
                      ("snapshot", lambda: svc.snapshot(vol.id)),
                      ("restore", lambda: svc.restore(bkp.id)),
-                     ("rotate", lambda: rotation.rotate(svc, vol.id, new.href))):
+                     ("rotate", lambda: ctx.rotate(svc, vol.id, new.href))):
         with ctx.expect_error(KeyNotFound, claim=f"{name} after a forced delete: KeyNotFound"):
             op()
     ctx.check("nothing half-made in the pool", len(svc.pool.list()) == count)
     out = ctx.scratch / "offline.plain"
-    recovery.recover(svc.pool.path(vol.id), out,
-                     passphrase=recovery.passphrase_from_key_bytes(raw))
+    ctx.recover(svc.pool.path(vol.id), out, ctx.passphrase_from_key_bytes(raw))
     ctx.check("the user's own copy of the key still recovers the volume offline, exactly",
               out.read_bytes()[: data.stat().st_size] == data.read_bytes())
     for rid in (snap.id, bkp.id, vol.id, image.id):

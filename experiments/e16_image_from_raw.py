@@ -1,13 +1,9 @@
 """E16 — a LUKS image from a raw file without root, and back to a volume (Glance's case)."""
 
 import hashlib
-import time
 
-from byok.attach.hook import attach_step, detach_step, read_step
 from byok.common.pattern import pattern
-from byok.harness.registry import experiment
-from byok.keys import resolver as keys
-from byok.luks import interop, recovery
+from byok.harness import experiment
 
 
 @experiment(
@@ -27,20 +23,21 @@ def run(ctx):
     raw = ctx.scratch / "image.raw"
     raw.write_bytes(pattern(16, size))
     want = hashlib.sha256(raw.read_bytes()).hexdigest()
-    t0 = time.perf_counter()
-    img = svc.image_from_raw(raw, ref.href)
-    seconds = time.perf_counter() - t0
+    with ctx.timed():
+        img = svc.image_from_raw(raw, ref.href)
+    seconds = ctx.last_duration
     ctx.measure("image_build_s", round(seconds, 3), "s")
     ctx.measure("image_build_mib_s", round(size / (1 << 20) / seconds, 1), "MiB/s")
-    pw = keys.passphrase(svc.key(ref))
+    pw = ctx.passphrase(svc.key(ref))
     ctx.check("dissect.fve reads the raw bytes from the image",
-              interop.dissect_sha256(svc.pool.path(img.id), pw, size) == want)
+              ctx.dissect_sha256(svc.pool.path(img.id), pw, size) == want)
     vol = svc.create_from_image(img.id)
     conn, enc, new = svc.attach_args(vol.id)
     v = hook.prepare(conn, enc, new_volume=new)
-    run = hook.run([v], [attach_step(v), read_step(v, size, name="read"), detach_step(v)])
+    run = hook.run([v], [ctx.attach_step(v), ctx.read_step(v, size, name="read"),
+                         ctx.detach_step(v)])
     ctx.check("the volume from the image shows the raw bytes through dm-crypt",
               run.step("read").get("sha256") == want)
     out = ctx.scratch / "vol.plain"
-    recovery.recover(svc.pool.path(vol.id), out, passphrase=pw)
+    ctx.recover(svc.pool.path(vol.id), out, pw)
     ctx.check("byok recover returns exactly the raw file", out.read_bytes() == raw.read_bytes())

@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "crash", "suite")
+BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "crash", "powerloss", "suite")
 
 
 def run(wanted: tuple[str, ...], identity: Any, stack: Any, *, n: int = 30,
         progress: Callable[[str], None] | None = None) -> dict:
     """Run the ``wanted`` benchmarks (``stack`` is None on a real cloud: no suite there)."""
-    from byok.bench import attach, crash, parallel, recover, rekey, resolve, suite
+    from byok.bench import attach, crash, parallel, powerloss, recover, rekey, resolve, suite
 
     say = progress or (lambda _m: None)
     jobs: dict[str, Callable[[], dict]] = {
@@ -28,6 +28,7 @@ def run(wanted: tuple[str, ...], identity: Any, stack: Any, *, n: int = 30,
         "recover": recover.run,
         "rekey": rekey.run,
         "crash": crash.run,
+        "powerloss": powerloss.run,
         "suite": lambda: suite.run(stack) if stack else {"skipped": "needs the embedded stack"},
     }
     results: dict = {"host": {"kernel": platform.release(), "cpus": os.cpu_count(),

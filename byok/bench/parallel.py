@@ -9,9 +9,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from byok.bench.kdf import parallel_unlocks
 from byok.common import sparse
 from byok.common.sensitive import Sensitive
+from byok.harness.measures import parallel_unlocks
 from byok.luks import cryptsetup as luks
 
 NS = {"machine-key": (1, 2, 4, 8, 16, 32), "passphrase": (1, 2, 4, 8, 16),

@@ -22,7 +22,6 @@ Targets (both must hold at every sector size):
 from __future__ import annotations
 
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -30,23 +29,12 @@ from pathlib import Path
 
 from byok.common import proc, sparse
 from byok.common.sensitive import Sensitive
+from byok.harness.measures import openssl_mb_s
 from byok.luks import cryptsetup as luks
 from byok.luks import recovery
 from byok.luks import sectors as xts
 
 TARGET_RATIO = 0.8
-
-
-def openssl_mb_s(sector: int, seconds: int = 2, *, cores: int = 1) -> float:
-    multi = ["-multi", str(cores)] if cores > 1 else []
-    res = proc.run(["openssl", "speed", *multi, "-evp", "aes-256-xts", "-bytes", str(sector),
-                    "-seconds", str(seconds)], timeout=120)
-    for line in res.out.splitlines():
-        if line.startswith("AES-256-XTS"):
-            m = re.search(r"([\d.]+)k\s*$", line.strip())
-            if m:
-                return float(m.group(1)) * 1000 / 1e6
-    raise RuntimeError("could not parse openssl speed output")
 
 
 def make_image(raw_size: int, sector: int, workdir: Path) -> tuple[Path, Sensitive]:

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from rich.markup import escape
 from rich_argparse import RawDescriptionRichHelpFormatter
 
-from byok.cli import attach, bench, experiments, guest, key, recover, stack, volume
+from byok.cli import attach, bench, cinder, experiments, guest, key, recover, stack, volume
 from byok.cli.common import Handler, err, out
 from byok.common.errors import ByokError, exit_codes
 
-GROUPS = (stack, key, bench, attach, volume, recover, experiments, guest)
+GROUPS = (stack, cinder, key, bench, attach, volume, recover, experiments, guest)
 NOISY = ("castellan", "barbicanclient", "keystoneauth", "os_brick", "stevedore")
 
 

@@ -221,7 +221,8 @@ class ToolMissing(ProcessError):
 
 
 class StackError(ByokError):
-    """The embedded Keystone/Barbican could not be configured, started or stopped."""
+    """The embedded Keystone/Barbican (or ``byok cinder``'s services) could not be configured,
+    started or stopped."""
 
     exit_code = 11
 
@@ -230,6 +231,17 @@ class PortInUse(StackError):
     """A port the stack wants is taken by another process."""
 
     exit_code = 24
+
+
+class CinderError(ByokError):
+    """Cinder's REST API refused a request or a resource did not reach the wanted status."""
+
+    exit_code = 31
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
 
 
 # --- volumes, rotation -----------------------------------------------------------------------

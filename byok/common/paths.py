@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 
 def project_root() -> Path | None:
     """The checkout this package was installed from (editable install), if any."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # byok/common/paths.py -> the checkout
     if (here / "pyproject.toml").exists() and (here / "byok").is_dir():
         return here
     return None
@@ -106,3 +107,13 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def publish_dir(built: Path, home: Path, files: dict[str, str]) -> None:
+    """Make a freshly built asset directory the cached one: its manifest (``files``) is written
+    last, then it replaces ``home`` — readers see a complete old or a complete new build."""
+    for name, text in files.items():
+        write_atomic(built / name, text)
+    if home.exists():
+        shutil.rmtree(home)
+    os.replace(built, home)

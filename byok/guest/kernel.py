@@ -110,10 +110,7 @@ def _build(say: Callable[[str], None]) -> KernelAssets:
         doc = {"release": release, "package": info.name, "package_version": info.version,
                "deb_sha256": debian.sha256_file(deb), "modules": order,
                "recipe": recipe_hash()}
-        paths.write_atomic(out / "manifest.json", json.dumps(doc, indent=2))
-        if home.exists():
-            shutil.rmtree(home)
-        os.replace(out, home)
+        paths.publish_dir(out, home, {"manifest.json": json.dumps(doc, indent=2)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say(f"guest kernel {release} ready in {home}")

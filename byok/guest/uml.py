@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -195,10 +194,7 @@ def fetch_newer_uml(home: Path, progress: Progress | None = None) -> None:
             "binary_sha256": debian.sha256_file(patched),
             "modules": str(moddir.parent.relative_to(tmp)),
         }
-        paths.write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=2))
-        if home.exists():
-            shutil.rmtree(home)
-        os.replace(tmp, home)
+        paths.publish_dir(tmp, home, {"manifest.json": json.dumps(manifest, indent=2)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"user-mode-linux {uml.version} ready in {home}")

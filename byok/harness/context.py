@@ -1,11 +1,10 @@
-"""What an experiment sees: its environment (identities, keys, volumes, the hook) and the
-recorder for measurements and checks. Everything goes through the product's real code path."""
+"""What an experiment sees: its environment, the recorder for measurements and checks, and the
+verbs its steps are written in (:mod:`byok.harness.verbs`). An experiment imports nothing
+else of byok: every verb goes through the product's real code path."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -14,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from byok.common.errors import ByokError, SkipExperiment
-from byok.common.sensitive import Sensitive
 from byok.harness.registry import Experiment
 from byok.harness.results import Check, ExperimentResult, Measurement
+from byok.harness.verbs import GuestVerbs, KeyVerbs, LuksVerbs, ProcessVerbs, VolumeVerbs
 from byok.keys.identity import Identity
-from byok.keys.ref import KeyRef
 
 
 @dataclass
@@ -52,8 +50,9 @@ class Environment:
         return cls(factory, alice.endpoint("key-manager"), alice.auth_url, cloud=cloud)
 
 
-class Context:
-    """The recorder and the toolbox of one experiment run."""
+class Context(KeyVerbs, VolumeVerbs, LuksVerbs, GuestVerbs, ProcessVerbs):
+    """The recorder of one experiment run, and its toolbox: the verbs of
+    :mod:`byok.harness.verbs` (keys, volumes, LUKS, guest, processes)."""
 
     def __init__(self, exp: Experiment, env: Environment, result: ExperimentResult,
                  run_dir: Path, *, progress: Callable[[str], None] | None = None,
@@ -128,61 +127,6 @@ class Context:
             return
         self.last_duration = time.perf_counter() - t0
         self.check(claim or f"raises {names}", False, "no error was raised")
-
-    # -- the toolbox -----------------------------------------------------------------------------
-    def user(self, name: str = "alice") -> Identity:
-        return self.env.identity(name)
-
-    def on_cleanup(self, fn: Callable[[], None]) -> None:
-        self._cleanups.append(fn)
-
-    def user_key(self, user: str = "alice", kind: str = "aes512", *, keep: bool = False,
-                 **overrides: Any) -> tuple[KeyRef, bytes]:
-        """A new secret stored in Barbican *as the user* (removed after the experiment)."""
-        from byok.keys.barbican import BarbicanAPI
-
-        api = BarbicanAPI(self.user(user), self.env.barbican_url)
-        if kind == "passphrase":
-            raw = overrides.pop("payload", os.urandom(16).hex().encode())
-            ref = api.store(Sensitive(raw), secret_type="passphrase",
-                            name=f"{self.exp.id}-passphrase", **overrides)
-        else:
-            bits = int(kind[3:])
-            raw = overrides.pop("payload", os.urandom(bits // 8))
-            args: dict[str, Any] = {"algorithm": "aes", "bit_length": bits, "mode": "xts",
-                                    "secret_type": "symmetric"} | overrides
-            ref = api.store(Sensitive(raw), name=f"{self.exp.id}-{kind}", **args)
-        if not keep:
-            self.on_cleanup(lambda: _quiet(lambda: api.delete(ref, force=True)))
-        return ref, raw
-
-    def volumes(self, user: str = "alice", *, with_service: bool = True, **kw: Any):
-        from byok.lifecycle.volumes import Pool, VolumeService
-
-        pool = Pool(self.scratch / "pool")
-        svc = VolumeService(pool, self.user(user),
-                            service=self.user("cinder") if with_service else None,
-                            endpoint=self.env.barbican_url, **kw)
-
-        def release_all() -> None:
-            for rec in pool.list():
-                _quiet(functools.partial(svc.delete, rec.id))
-
-        self.on_cleanup(release_all)
-        return svc
-
-    def hook(self, user: str = "alice", **kw: Any):
-        from byok.attach.hook import AttachHook
-
-        return AttachHook(self.user(user), endpoint=self.env.barbican_url, **kw)
-
-    def blank_file(self, name: str, size: int) -> Path:
-        from byok.common import sparse
-
-        p = self.scratch / name
-        p.unlink(missing_ok=True)
-        sparse.create(p, size)
-        return p
 
     def cleanup(self, keep_scratch: bool = False) -> None:
         for fn in reversed(self._cleanups):

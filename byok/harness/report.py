@@ -225,6 +225,32 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def variants_table(results: list[ExperimentResult]) -> list[str]:
+    """Prototype and Cinder variant side by side (``E03`` / ``E03-cinder``), and which one the
+    spec's evidence block uses (:func:`byok.harness.spec.pick`)."""
+    from byok.harness import spec
+
+    by_id = {r.id: r for r in results if r.repeat == 0}
+    variants = [r for r in by_id.values() if r.id.endswith("-cinder")]
+    if not variants:
+        return []
+    rows = ["", "## Prototype and Cinder variants", "",
+            "The same hypothesis through byok's prototype (`byok/lifecycle`) and through the "
+            "REST API of the patched Cinder's services (`byok cinder up`).", "",
+            "| hurdle | prototype | verdict | Cinder variant | verdict | spec evidence uses |",
+            "|---|---|---|---|---|---|"]
+    for v in sorted(variants, key=lambda r: r.id):
+        base = v.id.removesuffix("-cinder")
+        proto = by_id.get(base)
+        chosen, _why = spec.pick(base, by_id)
+        rows.append(
+            f"| {v.hurdle} | [{base}](#{base.lower()}) | "
+            f"{_md_escape(proto.verdict) if proto else 'not run'} | "
+            f"[{v.id}](#{v.id.lower()}) | {_md_escape(v.verdict)} | "
+            f"{chosen.id if chosen else '-'} |")
+    return rows
+
+
 def render(run_dir: Path, *, bench: dict | None = None) -> Path:
     """Write ``run_dir/report.md`` (+ ``plots/``) and return its path."""
     results = load_run(run_dir)
@@ -249,6 +275,7 @@ def render(run_dir: Path, *, bench: dict | None = None) -> Path:
         rep = f" (repeat {r.repeat})" if r.repeat else ""
         lines.append(f"| [{r.id}](#{r.id.lower()}){rep} | {_md_escape(r.title)} | {r.hurdle} | "
                      f"**{_md_escape(r.verdict)}** | {ok}/{len(r.checks)} | {r.seconds:.1f} |")
+    lines += variants_table(results)
     if bench:
         lines += ["", "## Benchmarks", "", "| benchmark | figure | target | met |",
                   "|---|---|---|---|"]

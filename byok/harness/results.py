@@ -168,4 +168,6 @@ def load_run(run_dir: Path) -> list[ExperimentResult]:
     out = []
     for f in sorted(run_dir.glob("E*.json")):
         out.append(ExperimentResult.from_json(json.loads(f.read_text())))
-    return sorted(out, key=lambda r: (int(r.id[1:]), r.repeat))
+    from byok.harness.registry import sort_key
+
+    return sorted(out, key=lambda r: (sort_key(r.id), r.repeat))

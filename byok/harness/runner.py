@@ -71,6 +71,10 @@ def missing_needs(exp: Experiment, env: Environment) -> str | None:
             proc.which("qemu-img")
         except ToolMissing as e:
             return str(e)
+    if "cinder" in exp.needs:
+        from byok.harness import cinder
+
+        return cinder.availability(env)
     return None
 
 
@@ -159,6 +163,9 @@ def run_experiments(
         summary.experiments += [{"id": e.id, "verdict": "not run (interrupted)"}
                                 for e in selected if e.id not in done]
     finally:
+        from byok.harness import cinder
+
+        cinder.release()  # the Cinder services this run started (if any), not others'
         with contextlib.suppress(OSError):
             (run_dir / "scratch").rmdir()  # only if every experiment cleaned up after itself
         summary.ended = results.now()

@@ -76,6 +76,22 @@ def block(exp_id: str, result: ExperimentResult | None, run_id: str,
     return body
 
 
+def pick(exp_id: str, by_id: dict[str, ExperimentResult]
+         ) -> tuple[ExperimentResult | None, str]:
+    """The result an evidence block for ``exp_id`` shows: the Cinder variant (``E03-cinder``,
+    the hypothesis through real Cinder's REST API) wherever it ran, else the prototype; and a
+    sentence saying which, for the block."""
+    proto, variant = by_id.get(exp_id), by_id.get(f"{exp_id}-cinder")
+    if variant is not None and not variant.verdict.startswith("skipped"):
+        other = f" (prototype {exp_id}: {proto.verdict})" if proto else ""
+        return variant, (f"Evidence from {variant.id}, the hypothesis through the REST API of "
+                         f"the patched Cinder's services{other}.")
+    if variant is not None:
+        return proto, (f"Evidence from the prototype {exp_id}; the Cinder variant "
+                       f"{variant.id} was {variant.verdict}.")
+    return proto, ""
+
+
 def inject(spec: Path, results: list[ExperimentResult], run_id: str) -> tuple[str, list[str]]:
     """The spec text with every evidence block regenerated, and the experiment ids found."""
     by_id: dict[str, ExperimentResult] = {}
@@ -102,7 +118,11 @@ def inject(spec: Path, results: list[ExperimentResult], run_id: str) -> tuple[st
             raise ValueError(f"{spec}: evidence block {exp_id} (line {i + 1}) is not closed")
         found.append(exp_id)
         patterns = m.group(2).split() or None
-        out += [lines[i], "", *block(exp_id, by_id.get(exp_id), run_id, patterns), "", lines[j]]
+        chosen, which = pick(exp_id, by_id)
+        body = block(chosen.id if chosen else exp_id, chosen, run_id, patterns)
+        if which:
+            body += ["", which]
+        out += [lines[i], "", *body, "", lines[j]]
         i = j + 1
     return "\n".join(out) + "\n", found
 

@@ -453,6 +453,7 @@ def encrypt_file(
     cipher: str = DEFAULT_CIPHER,
     key_bits: int = 512,
     workdir: Path | None = None,
+    sector_size: int | None = None,
 ) -> LuksInfo:
     """Build a LUKS2 image ``out`` whose plaintext is the file ``raw`` — without root or dm.
 
@@ -462,7 +463,8 @@ def encrypt_file(
     ``cryptsetup reencrypt --encrypt`` converts plaintext in place; it needs spare room for the
     header, so the copy is grown by ``reduce`` bytes first, and afterwards truncated to
     ``data offset + len(raw)`` so that the image's plaintext is exactly ``raw`` (cryptsetup
-    leaves the unused tail of the reduction behind otherwise).
+    leaves the unused tail of the reduction behind otherwise). ``sector_size`` is the encryption
+    sector in bytes (512 or 4096; cryptsetup's choice if None).
     """
     from byok.common import sparse
 
@@ -474,9 +476,10 @@ def encrypt_file(
     try:
         os.truncate(out, size + reduce)
         pol = get_policy(policy)
+        sector = ["--sector-size", str(sector_size)] if sector_size else []
         _run(out, ["reencrypt", "--encrypt", "--type", "luks2", "--batch-mode",
                    "--force-offline-reencrypt", "--reduce-device-size", f"{reduce >> 20}M",
-                   "--cipher", cipher, "--key-size", str(key_bits), *pol.args("luks2"),
+                   "--cipher", cipher, "--key-size", str(key_bits), *sector, *pol.args("luks2"),
                    "--key-file=-", str(out)], what="encrypt image", key=passphrase,
              cwd=workdir or out.parent)  # a killed run leaves its temporary header there
         info = dump(out)

@@ -35,6 +35,8 @@ class ServerSpec:
     health_path: str = "/"
     threads: int = 8
     workers: int = 1
+    python: str | None = None  # another venv's interpreter (cinder-api runs in .venv-openstack)
+    port_hint: str | None = None  # how to choose another port (default: byok stack up's flag)
 
     @property
     def url(self) -> str:
@@ -125,7 +127,7 @@ class Server:
             self.pidfile.unlink(missing_ok=True)
         self.check_port()
         argv = [
-            sys.executable, "-m", "gunicorn",
+            self.spec.python or sys.executable, "-m", "gunicorn",
             "--bind", f"{self.spec.host}:{self.spec.port}",
             "--workers", str(self.spec.workers), "--threads", str(self.spec.threads),
             "--timeout", "120", "--graceful-timeout", "5",
@@ -178,8 +180,8 @@ class Server:
             raise PortInUse(
                 f"{self.spec.name} cannot listen on {self.spec.host}:{self.spec.port}: "
                 f"the port is used by {port_owner(self.spec.port)}",
-                hint=f"stop that process, or choose another port: byok stack up "
-                f"--{self.spec.name}-port N",
+                hint=f"stop that process, or choose another port: "
+                f"{self.spec.port_hint or f'byok stack up --{self.spec.name}-port N'}",
             )
 
     def stop(self) -> bool:

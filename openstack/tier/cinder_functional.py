@@ -27,8 +27,6 @@ from cinder.backup.drivers import posix  # noqa: F401  (registers backup_posix_p
 from cinder.db import api as db
 from cinder.tests.functional import functional_helpers
 from cinder.volume import configuration, volume_types, volume_utils
-from cinder.volume.drivers import nfs
-from oslo_concurrency import processutils
 from oslo_config import cfg
 
 CONF = cfg.CONF
@@ -43,48 +41,6 @@ def record(name, **values):
     if path:
         with open(path, "a") as f:
             f.write(json.dumps({"test": name, "backend": BACKEND, **values}) + "\n")
-
-
-def _local_execute(*cmd, **kwargs):
-    """Cinder's execute for a driver that runs as root without rootwrap or sudo.
-
-    ``mount.nfs`` (probed by do_setup, never used: nothing is mounted) answers as if present.
-    qemu-img's LUKS creation gets a fixed PBKDF time: its own benchmark fails intermittently
-    on a busy 2-core machine ("Unable to get accurate CPU usage").
-    """
-    kwargs.pop("run_as_root", None)
-    kwargs.pop("root_helper", None)
-    if cmd and cmd[0] == "mount.nfs":
-        return "", ""
-    cmd = list(cmd)
-    if cmd[:2] == ["qemu-img", "create"]:
-        for i, arg in enumerate(cmd):
-            if arg.startswith("encrypt.format=luks"):
-                cmd[i] = arg + ",encrypt.iter-time=10"
-    return processutils.execute(*cmd, **kwargs)
-
-
-class LocalFolderNfsDriver(nfs.NfsDriver):
-    """Cinder's NfsDriver whose share is a local folder: no mount, file-based connections.
-
-    Everything else (qcow2 files, LUKS encryption with the volume's key, clones through
-    snapshots, capacity) is the NfsDriver's own code. Connections are 'local' (the file path),
-    which os-brick's LocalConnector attaches without mounting.
-    """
-
-    def __init__(self, *args, **kwargs):
-        kwargs["execute"] = _local_execute
-        super().__init__(*args, **kwargs)
-        self._execute = _local_execute  # the base driver keeps utils.execute otherwise
-
-    def _ensure_share_mounted(self, nfs_share):
-        os.makedirs(self._get_mount_point_for_share(nfs_share), exist_ok=True)
-
-    def initialize_connection(self, volume, connector):
-        info = super().initialize_connection(volume, connector)
-        path = os.path.join(self._local_volume_dir(volume), info["data"]["name"])
-        return {"driver_volume_type": "local",
-                "data": {"device_path": path, "format": info["data"].get("format")}}
 
 
 def _stack():
@@ -136,7 +92,7 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
         f = super()._get_flags()
         shared = configuration.SHARED_CONF_GROUP
         f["auth_strategy"] = {"v": "keystone"}
-        f["volume_driver"] = {"v": "cinder_functional.LocalFolderNfsDriver", "g": shared}
+        f["volume_driver"] = {"v": "local_nfs.LocalFolderNfsDriver", "g": shared}
         f["nfs_shares_config"] = {"v": shares, "g": shared}
         f["nfs_mount_point_base"] = {"v": os.path.join(self.tmp, "mnt"), "g": shared}
         f["nfs_qcow2_volumes"] = {"v": True, "g": shared}

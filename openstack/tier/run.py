@@ -11,6 +11,8 @@ from the main test suite. Subcommands, each printing its counts and writing a JS
 * ``functional``: the Cinder functional tests of ``openstack/tier/cinder_functional.py`` (real
   Keystone tokens, real Barbican) in the patched tree, once per castellan backend.
 * ``nova``: ``openstack/tier/nova_functional.py`` in the patched Nova tree.
+* ``tree --dest DIR``: a patched Cinder tree for ``byok cinder up`` (its services run from it),
+  rebuilt only when the sdist or the series changed.
 
 Why trees and not site-packages: the series is against the sdist, and the wheel lacks what the
 tests need (``etc/cinder/api-paste.ini``, ``resource_filters.json``); both trees run from the
@@ -136,6 +138,28 @@ def prepare(project: str) -> dict:
         log(f"{project}: applied {name}")
     return {"project": project, "unpatched": str(unpatched), "patched": str(patched),
             "patches": applied, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def series_stamp(project: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256(sdist(project).name.encode())
+    for p in patches(project):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def tree(project: str, dest: Path) -> dict:
+    """The patched tree at ``dest``, reused if it was made from the same sdist and series."""
+    stamp_file = dest / ".byok-series"
+    want = series_stamp(project)
+    if stamp_file.exists() and stamp_file.read_text() == want:
+        return {"tree": str(dest), "rebuilt": False, "stamp": want}
+    unpack(project, dest)
+    applied = apply_series(project, dest)
+    stamp_file.write_text(want)
+    log(f"{project}: patched tree at {dest} ({len(applied)} patches)")
+    return {"tree": str(dest), "rebuilt": True, "stamp": want, "patches": applied}
 
 
 # -- module selection ----------------------------------------------------------------------------
@@ -339,7 +363,8 @@ def functional(project: str, module: str, label: str, env: dict, workers: int = 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["prepare", "unit", "functional", "nova"])
+    ap.add_argument("what", choices=["prepare", "unit", "functional", "nova", "tree"])
+    ap.add_argument("--dest", type=Path, help="where the patched tree goes (tree)")
     ap.add_argument("--json", type=Path, help="write the summary here")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--backend", default="byok", help="castellan backend (functional)")
@@ -348,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.what == "prepare":
             summary = {p: prepare(p) for p in PROJECTS}
+        elif args.what == "tree":
+            if not args.dest:
+                raise TierError("tree needs --dest DIR")
+            summary = tree("cinder", args.dest.resolve())
         elif args.what == "unit":
             summary = unit(args.workers)
         elif args.what == "functional":

@@ -50,7 +50,11 @@ def tier(step: str, *args: str, timeout: int = 3500) -> dict:
     out.unlink(missing_ok=True)
     cmd = [str(python), str(ROOT / "openstack" / "tier" / "run.py"), step, "--json", str(out),
            *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+    from byok.common import paths
+
+    # The suites run from their own trees (stestr's cwd): name the session's stack explicitly.
+    env = {**os.environ, "BYOK_STACK_DIR": str(paths.stack_dir())}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     shown = []
     assert proc.stdout is not None

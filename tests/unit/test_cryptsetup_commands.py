@@ -5,6 +5,7 @@ integration tier runs the real program on real files; these pin the contract."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
@@ -69,6 +70,25 @@ def test_luks1_falls_back_to_pbkdf2(tmp_path, monkeypatch):
     with proc.executor(canned):
         luks.format(vol, PW, luks_type="luks1", policy="passphrase")
     assert "--iter-time" in canned.calls[0].argv and "--pbkdf" not in canned.calls[0].argv
+
+
+@pytest.mark.parametrize(("sector_size", "sector_args"), [
+    (None, []), (512, ["--sector-size", "512"]), (4096, ["--sector-size", "4096"])])
+def test_encrypt_file_command_line(tmp_path, monkeypatch, sector_size, sector_args):
+    raw, out = tmp_path / "raw.img", tmp_path / "out.img"
+    raw.write_bytes(bytes(8192))
+    canned = CannedExecutor([(0, b"", b"")])
+    monkeypatch.setattr(luks, "dump", lambda *a, **k: SimpleNamespace(data_offset=16 << 20))
+    with proc.executor(canned):
+        luks.encrypt_file(raw, out, PW, sector_size=sector_size)
+    (call,) = canned.calls
+    assert _argv(call) == ["cryptsetup", "reencrypt", "--encrypt", "--type", "luks2",
+                           "--batch-mode", "--force-offline-reencrypt", "--reduce-device-size",
+                           "32M", "--cipher", "aes-xts-plain64", "--key-size", "512",
+                           *sector_args, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+                           "1000", "--key-file=-", str(out)]
+    assert call.stdin == PW.reveal()
+    assert out.stat().st_size == (16 << 20) + 8192  # cut to data offset + the raw file
 
 
 def test_test_key_reads_the_slot_from_verbose_output(tmp_path):
