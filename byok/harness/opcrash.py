@@ -24,9 +24,16 @@ file, staging file or file without a record remains; every record's file opens w
 holds exactly its keyslots (the user's, and the escrow's if it records one — the other lab key
 opens nothing: cryptsetup's word), and the plaintext a copy must hold; Barbican (plain HTTP,
 :mod:`byok.harness.rawkeys`) lists exactly one consumer per record on its key and none for
-anything else, and exactly the recorded escrow secret per record. Used by
-tests/reliability (a sample), ``byok bench crash`` (every call) and design/notes/lifecycle.md.
-Fault injection only: the real byok CLI and cryptsetup are killed at real calls.
+anything else, and exactly the recorded escrow secret per record.
+
+The ``byok`` castellan backend's consumer bookkeeping (bind on a first attach, Cinder's
+clone_encryption_key, the volume's delete) is killed the same way at every call — a crash
+between two Barbican requests is a numbered state — and then retried as its caller (Cinder)
+would; Barbican's consumer list must then hold exactly the volume's consumer (or none), no
+other volume's consumer may move, and the user's project never gains or loses a secret. Used by
+tests/reliability (a sample), ``byok bench crash-lifecycle`` (every call) and E09/E10.
+Fault injection only: byok's real code (in a fork of a warm interpreter,
+:mod:`byok.harness.forkserver`) and the real cryptsetup are killed at real calls.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ class Lab:
     service: RawBarbican  # the service project (escrow secrets)
     work: Path
     server: ForkServer
+    ckey: KeyRef  # the castellan flows' key: its consumers are theirs alone
 
     def close(self) -> None:
         self.server.close()
@@ -82,7 +90,7 @@ class Lab:
             with contextlib.suppress(ByokError):
                 self.svc.delete(rec.id)
         api = BarbicanAPI(self.svc.user, self.svc.endpoint)
-        for k in self.keys:
+        for k in [*self.keys, self.ckey]:
             with contextlib.suppress(ByokError):
                 api.delete(k, force=True)
 
@@ -108,6 +116,11 @@ def build_lab(work: Path, *, clouds_yaml: Path, user_cloud: str, service_cloud: 
                         algorithm="aes", bit_length=512, mode="xts")
         keys.append(ref)
         pw[ref.href] = recovery.passphrase_from_key_bytes(raw_key)
+    ckey_raw = os.urandom(32)
+    if on_key:
+        on_key(ckey_raw)
+    ckey = api.store(Sensitive(ckey_raw), secret_type="symmetric", name="byok-opcrash-castellan",
+                     algorithm="aes", bit_length=256)
     raw = work / "data.raw"
     raw.write_bytes(pattern(77, DATA))
     image = svc.image_from_raw(raw, keys[0].href)
@@ -124,7 +137,7 @@ def build_lab(work: Path, *, clouds_yaml: Path, user_cloud: str, service_cloud: 
         "castellan": True})
     return Lab(svc, keys, pw, raw.read_bytes(), raw, bases,
                RawBarbican(user, svc.endpoint), RawBarbican(service, svc.endpoint), work,
-               server)
+               server, ckey)
 
 
 # --- the operations -----------------------------------------------------------------------------
@@ -401,6 +414,105 @@ def run_state(lab: Lab, op: Op, variant: str, n: int, torn: int | None = None) -
                  [f"{where}: {p}" for p in problems])
 
 
+# --- the castellan backend's consumer bookkeeping ----------------------------------------------
+
+#: The flows of the ``byok`` castellan backend that change a key's consumers (what Cinder calls),
+#: and whether the volume must be a consumer once the caller's retry has succeeded.
+CASTELLAN: dict[str, tuple[str, bool]] = {
+    "castellan-bind": ("bind", True),  # first attach: a volume-scoped get binds the volume
+    "castellan-share": ("share", True),  # clone_encryption_key: get, then store the same key
+    "castellan-delete": ("delete", False),  # the volume's delete: its consumer is released
+}
+NEIGHBOUR = (SERVICE, "volume", "00000000-0000-4000-8000-00000000000b")
+
+
+def _castellan_task(lab: Lab, flow: str, vid: str) -> dict[str, Any]:
+    return {"kind": "castellan", "flow": flow, "key": lab.ckey.secret_id, "volume": vid}
+
+
+def _castellan_prepare(lab: Lab, name: str) -> tuple[str, set[tuple[str, str, str]]]:
+    """A fresh volume id (bound first for a delete); the consumers the key holds before."""
+    import uuid
+
+    api = BarbicanAPI(lab.svc.user, lab.svc.endpoint)
+    if NEIGHBOUR not in lab.owner.consumers(lab.ckey.secret_id):
+        api.add_consumer(lab.ckey, *NEIGHBOUR)  # another volume's: no flow may touch it
+    vid = str(uuid.uuid4())
+    if not CASTELLAN[name][1]:
+        api.add_consumer(lab.ckey, SERVICE, "volume", vid)
+    return vid, lab.owner.consumers(lab.ckey.secret_id)
+
+
+def run_castellan_state(lab: Lab, name: str, n: int) -> State:
+    """One castellan flow killed (the whole tree) at counted call ``n``, then the caller's
+    retry; judged by Barbican's consumer list and secret count over plain HTTP."""
+    flow, bound_after = CASTELLAN[name]
+    vid, before = _castellan_prepare(lab, name)
+    mine = (SERVICE, "volume", vid)
+    secrets_before = lab.owner.total()
+    work = lab.work / "fault"
+    env = ce.fault_env(work, n, tree=True, wide=True)
+    code = lab.server.run(_castellan_task(lab, flow, vid), env, work / "child.log")
+    where = f"{name}/tree@{n}"
+    problems: list[str] = []
+
+    def judge(when: str) -> set[tuple[str, str, str]]:
+        got = lab.owner.consumers(lab.ckey.secret_id)
+        if not lab.owner.exists(lab.ckey.secret_id):
+            problems.append(f"{when}: the user's key is gone")
+        if lab.owner.total() != secrets_before:
+            problems.append(f"{when}: the user's project holds {lab.owner.total()} secrets, "
+                            f"{secrets_before} before (a copy, or a deletion)")
+        if stray := got - before - {mine}:
+            problems.append(f"{when}: consumers nobody asked for: {sorted(stray)}")
+        if lost := (before - {mine}) - got:
+            problems.append(f"{when}: other volumes' consumers removed: {sorted(lost)}")
+        return got
+
+    crashed = judge("crashed")
+    present = mine in crashed
+    if code == 0:
+        outcome = "done"
+        if present != bound_after:
+            problems.append("finished (exit 0) with the consumer "
+                            f"{'present' if present else 'absent'}")
+    else:
+        outcome = {(True, True): "consumer already added", (True, False): "consumer not yet added",
+                   (False, True): "consumer still there",
+                   (False, False): "consumer already removed"}[(bound_after, present)]
+        retry = lab.server.run(_castellan_task(lab, flow, vid), {}, work / "child.log")
+        if retry != 0:
+            tail = (work / "child.log").read_text()[-300:]
+            problems.append(f"the caller's retry failed ({retry}): {tail}")
+        outcome += ", the retry settled it"
+    final = judge("after the retry")
+    if (mine in final) != bound_after:
+        problems.append(f"the volume's consumer is {'dangling' if mine in final else 'missing'}")
+    api = BarbicanAPI(lab.svc.user, lab.svc.endpoint)
+    if mine in final:
+        api.remove_consumer(lab.ckey, *mine)
+    return State(name, "tree", n, None, code != 0, outcome, [f"{where}: {p}" for p in problems])
+
+
+def probe_castellan(lab: Lab, name: str) -> list[tuple[int, str, int, str]]:
+    flow, bound_after = CASTELLAN[name]
+    vid, _before = _castellan_prepare(lab, name)
+    work = lab.work / "fault"
+    work.mkdir(exist_ok=True)
+    code = lab.server.run(_castellan_task(lab, flow, vid), ce.fault_env(work, 0, log=True,
+                                                                        wide=True),
+                          work / "child.log")
+    if code:
+        raise ExperimentError(f"{name}: the uninterrupted run failed ({code}): "
+                              f"{(work / 'child.log').read_text()[-600:]}")
+    if ((SERVICE, "volume", vid) in lab.owner.consumers(lab.ckey.secret_id)) != bound_after:
+        raise ExperimentError(f"{name}: the uninterrupted run left the consumer wrong")
+    if bound_after:
+        BarbicanAPI(lab.svc.user, lab.svc.endpoint).remove_consumer(lab.ckey, SERVICE,
+                                                                    "volume", vid)
+    return ce.calls(work) if (work / "fault.log").exists() else []
+
+
 # --- enumeration -------------------------------------------------------------------------------
 
 
@@ -476,16 +588,19 @@ class Tally:
 def enumerate_op(lab: Lab, name: str, variant: str, *, sample: int | None = None,
                  seed: int = 0, on_state: Callable[[State], None] | None = None) -> Tally:
     """Kill ``name`` at every counted call (``sample``: that many, spread) and judge each."""
-    op = OPS[name]
-    calls = probe(lab, op, variant)
+    castellan = name in CASTELLAN
+    op = None if castellan else OPS[name]
+    calls = probe_castellan(lab, name) if castellan else probe(lab, OPS[name], variant)
     tally = Tally(name, variant, calls=len(calls))
     for n, torn in pick(calls, variant, sample, random.Random(f"{seed}/{name}/{variant}")):
-        st = run_state(lab, op, variant, n, torn)
+        st = (run_castellan_state(lab, name, n) if op is None
+              else run_state(lab, op, variant, n, torn))
         tally.add(st)
         if on_state:
             on_state(st)
     return tally
 
 
-__all__ = ["OPS", "Lab", "Op", "State", "Tally", "build_lab", "check", "enumerate_op", "pick",
-           "probe", "run_state", "view"]
+__all__ = ["CASTELLAN", "OPS", "Lab", "Op", "State", "Tally", "build_lab", "check",
+           "enumerate_op", "pick", "probe", "probe_castellan", "run_castellan_state", "run_state",
+           "view"]

@@ -36,6 +36,8 @@ CASES = [
     ("restore", "tree", 3), ("from-image", "tree", 2),
     ("image-from-raw", "tree", 3), ("image-from-raw", "cryptsetup", 2),
     ("delete", "tree", 4),
+    ("castellan-bind", "tree", 3), ("castellan-share", "tree", 3),
+    ("castellan-delete", "tree", 3),
 ]
 
 
