@@ -12,13 +12,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "crash", "powerloss", "suite")
+BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "crash", "crash-lifecycle",
+           "powerloss", "suite")
 
 
 def run(wanted: tuple[str, ...], identity: Any, stack: Any, *, n: int = 30,
         progress: Callable[[str], None] | None = None) -> dict:
     """Run the ``wanted`` benchmarks (``stack`` is None on a real cloud: no suite there)."""
-    from byok.bench import attach, crash, parallel, powerloss, recover, rekey, resolve, suite
+    from byok.bench import (
+        attach,
+        crash,
+        crashlife,
+        parallel,
+        powerloss,
+        recover,
+        rekey,
+        resolve,
+        suite,
+    )
 
     say = progress or (lambda _m: None)
     jobs: dict[str, Callable[[], dict]] = {
@@ -28,6 +39,8 @@ def run(wanted: tuple[str, ...], identity: Any, stack: Any, *, n: int = 30,
         "recover": recover.run,
         "rekey": rekey.run,
         "crash": crash.run,
+        "crash-lifecycle": lambda: crashlife.run(stack, progress=say) if stack else {
+            "skipped": "needs the embedded stack"},
         "powerloss": powerloss.run,
         "suite": lambda: suite.run(stack) if stack else {"skipped": "needs the embedded stack"},
     }
