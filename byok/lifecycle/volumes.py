@@ -32,6 +32,7 @@ Why, and the crash enumeration behind it: design/notes/lifecycle.md ("Crashes ev
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import fcntl
@@ -148,7 +149,7 @@ class Pool:
         """The intent of an operation on ``rid`` that a crash must not leave half done."""
         return Journal(self.root / "journal" / f"{rid}.{op}.json")
 
-    def intents(self) -> list[tuple[str, str]]:
+    def intents(self) -> builtins.list[tuple[str, str]]:
         """(resource id, operation) of every intent present, oldest name first."""
         out = []
         for f in sorted((self.root / "journal").glob("*.json")):
@@ -157,7 +158,7 @@ class Pool:
                 out.append((rid, op))
         return out
 
-    def leftovers(self) -> list[Path]:
+    def leftovers(self) -> builtins.list[Path]:
         """Temporary files of atomic writes (records, journals) whose rename never came: each
         is written under its resource's lock, so one found under that lock is an orphan."""
         return sorted([*(self.root / "records").glob("*.tmp"),
