@@ -21,10 +21,11 @@ checked with readers that are not the code under test (:func:`check`): the volum
 only read are byte-identical; the volume under change opens with its key and its plaintext is
 the known pattern at every moment (offline reader :mod:`byok.luks.recovery`); no intent, temp
 file, staging file or file without a record remains; every record's file opens with its key,
-holds exactly its keyslots (the user's, and the escrow's if it records one — the other lab key
-opens nothing: cryptsetup's word), and the plaintext a copy must hold; Barbican (plain HTTP,
-:mod:`byok.harness.rawkeys`) lists exactly one consumer per record on its key and none for
-anything else, and exactly the recorded escrow secret per record.
+holds exactly its keyslots (``cryptsetup luksDump``: the user's, and the escrow's if it
+records one — the other lab key opens nothing: cryptsetup's word), and the plaintext a copy
+must hold; Barbican (plain HTTP, :mod:`byok.harness.rawkeys`) lists exactly one consumer per
+record on its key and none for anything else, and exactly the recorded escrow secret per
+record.
 
 The ``byok`` castellan backend's consumer bookkeeping (bind on a first attach, Cinder's
 clone_encryption_key, the volume's delete) is killed the same way at every call — a crash
@@ -58,7 +59,6 @@ from byok.keys.barbican import BarbicanAPI
 from byok.keys.ref import KeyRef
 from byok.lifecycle.volumes import ESCROW_NAME, Pool, VolumeService
 from byok.luks import cryptsetup as luks
-from byok.luks import header as luksheader
 from byok.luks import recovery
 
 DATA = 1 << 20
@@ -297,7 +297,7 @@ def check(lab: Lab, v: View, *, ids: set[str], verify: dict[str, bool]) -> list[
         for k in lab.keys:
             if k.href != rec["key_ref"] and _cs_opens(path, lab.pw[k.href]):
                 bad.append(f"{rid}: another key ({k.secret_id}) opens it")
-        slots = len(luksheader.read(str(path)).keyslots)
+        slots = len(luks.dump(path).keyslots)  # cryptsetup luksDump's count (LUKS2)
         want_slots = 1 + bool(rec.get("escrow_ref"))
         if slots != want_slots:
             bad.append(f"{rid}: {slots} keyslots, the record accounts for {want_slots}")

@@ -1,6 +1,7 @@
 """Every lifecycle operation that writes a volume, its header, its record or its key bookkeeping,
 killed at its calls one after another (byok and the cryptsetup it runs: writes, pwrites, fsyncs,
-renames, truncates, unlinks and each request to Keystone or Barbican), with a ground truth
+renames, truncates, unlinks and each request to Keystone or Barbican), and the castellan
+backend's consumer bookkeeping killed between its Barbican requests, with a ground truth
 (byok/harness/opcrash.py): after each crash the next call settles it, the volume under change
 opens with its key and reads the known pattern at every moment, what was only read is
 byte-identical, and the pool, its records and Barbican's consumers and escrow secrets agree —
@@ -8,8 +9,8 @@ nothing dangling, nothing missing, no wrong byte.
 
 CI runs a sample per operation and variant (half of it on the requests to the key service,
 evenly spaced from a start that ``BYOK_CRASH_SEED`` fixes; the seed is printed);
-``BYOK_CRASH_FULL=1`` or ``byok bench crash`` runs every call. Counts go to "byok reliability
-counts".
+``BYOK_CRASH_FULL=1`` or ``byok bench crash-lifecycle`` runs every call. Counts go to "byok
+reliability counts".
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ CASES = [
     ("create", "tree", 4), ("create", "cryptsetup", 2),
     ("add-escrow", "tree", 4), ("add-escrow", "cryptsetup", 2), ("add-escrow", "torn", 2),
     ("rekey-clone", "tree", 4), ("rekey-clone", "cryptsetup", 2),
-    ("clone", "tree", 3), ("snapshot", "tree", 2), ("backup", "tree", 2),
+    ("clone", "tree", 3), ("clone", "cryptsetup", 2),
+    ("snapshot", "tree", 2), ("backup", "tree", 2),
     ("restore", "tree", 3), ("from-image", "tree", 2),
     ("image-from-raw", "tree", 3), ("image-from-raw", "cryptsetup", 2),
     ("delete", "tree", 4),
