@@ -172,14 +172,14 @@ def _k(lab: Lab, i: int) -> str:
 
 OPS: dict[str, Op] = {op.name: op for op in [
     Op("create", lambda lab, _t: ("create", [32 << 20, _k(lab, 0)]), kwargs={"escrow": True},
-       makes="volume", fresh=True, escrow=True, variants=("tree", "cryptsetup")),
+       makes="volume", fresh=True, escrow=True, variants=("tree", "cryptsetup", "torn")),
     Op("add-escrow", lambda _lab, t: ("add_escrow", [t]), escrow=True,
        prepare=lambda lab: lab.svc.clone(lab.bases["template"]).id,
        redo=lambda lab, t: lab.svc.add_escrow(t), variants=("tree", "cryptsetup", "torn")),
     Op("rekey-clone", lambda lab, _t: ("clone", [lab.bases["template"]]), makes="volume",
-       key=1, variants=("tree", "cryptsetup")),
+       key=1, variants=("tree", "cryptsetup", "torn")),
     Op("clone", lambda lab, _t: ("clone", [lab.bases["escrowed"]]), makes="volume",
-       variants=("tree", "cryptsetup")),
+       variants=("tree", "cryptsetup", "torn")),
     Op("snapshot", lambda lab, _t: ("snapshot", [lab.bases["template"]]), makes="snapshot"),
     Op("backup", lambda lab, _t: ("backup", [lab.bases["template"]]), makes="backup"),
     Op("restore", lambda lab, _t: ("restore", [lab.bases["backup"]]), makes="volume"),
@@ -187,7 +187,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
        makes="volume"),
     Op("image-from-raw", lambda lab, _t: ("image_from_raw", [{"$path": str(lab.raw)},
                                                             _k(lab, 0)]),
-       makes="image", variants=("tree", "cryptsetup")),
+       makes="image", variants=("tree", "cryptsetup", "torn")),
     Op("delete", lambda _lab, t: ("delete", [t]), prepare=_escrowed_target,
        redo=lambda lab, t: lab.svc.delete(t)),
 ]}

@@ -30,13 +30,14 @@ SEED = int(os.environ.get("BYOK_CRASH_SEED") or random.randrange(1 << 30))
 
 #: (operation, variant, states sampled in CI)
 CASES = [
-    ("create", "tree", 4), ("create", "cryptsetup", 2),
+    ("create", "tree", 4), ("create", "cryptsetup", 2), ("create", "torn", 2),
     ("add-escrow", "tree", 4), ("add-escrow", "cryptsetup", 2), ("add-escrow", "torn", 2),
-    ("rekey-clone", "tree", 4), ("rekey-clone", "cryptsetup", 2),
-    ("clone", "tree", 3), ("clone", "cryptsetup", 2),
+    ("rekey-clone", "tree", 4), ("rekey-clone", "cryptsetup", 2), ("rekey-clone", "torn", 2),
+    ("clone", "tree", 3), ("clone", "cryptsetup", 2), ("clone", "torn", 2),
     ("snapshot", "tree", 2), ("backup", "tree", 2),
     ("restore", "tree", 3), ("from-image", "tree", 2),
     ("image-from-raw", "tree", 3), ("image-from-raw", "cryptsetup", 2),
+    ("image-from-raw", "torn", 2),
     ("delete", "tree", 4),
     ("castellan-bind", "tree", 3), ("castellan-share", "tree", 3),
     ("castellan-delete", "tree", 3),
