@@ -29,18 +29,18 @@ FULL = os.environ.get("BYOK_CRASH_FULL") == "1"
 SEED = int(os.environ.get("BYOK_CRASH_SEED") or random.randrange(1 << 30))
 
 #: (operation, variant, states sampled in CI)
-CASES = [
-    ("create", "tree", 4), ("create", "cryptsetup", 2), ("create", "torn", 2),
-    ("add-escrow", "tree", 4), ("add-escrow", "cryptsetup", 2), ("add-escrow", "torn", 2),
-    ("rekey-clone", "tree", 4), ("rekey-clone", "cryptsetup", 2), ("rekey-clone", "torn", 2),
-    ("clone", "tree", 3), ("clone", "cryptsetup", 2), ("clone", "torn", 2),
-    ("snapshot", "tree", 2), ("backup", "tree", 2),
-    ("restore", "tree", 3), ("from-image", "tree", 2),
-    ("image-from-raw", "tree", 3), ("image-from-raw", "cryptsetup", 2),
+CASES = [  # (the pairs left out here, create-torn and clone-torn, run in the full enumeration)
+    ("create", "tree", 2), ("create", "cryptsetup", 1),
+    ("add-escrow", "tree", 2), ("add-escrow", "cryptsetup", 1), ("add-escrow", "torn", 2),
+    ("rekey-clone", "tree", 2), ("rekey-clone", "cryptsetup", 1), ("rekey-clone", "torn", 2),
+    ("clone", "tree", 2), ("clone", "cryptsetup", 1),
+    ("snapshot", "tree", 2), ("backup", "tree", 2), ("restore", "tree", 2),
+    ("from-image", "tree", 2),
+    ("image-from-raw", "tree", 2), ("image-from-raw", "cryptsetup", 1),
     ("image-from-raw", "torn", 2),
-    ("delete", "tree", 4),
-    ("castellan-bind", "tree", 3), ("castellan-share", "tree", 3),
-    ("castellan-delete", "tree", 3),
+    ("delete", "tree", 2),
+    ("castellan-bind", "tree", 2), ("castellan-share", "tree", 1),
+    ("castellan-delete", "tree", 2),
 ]
 
 
@@ -69,7 +69,7 @@ def test_crashed_at_every_call_the_next_call_leaves_record_disk_and_barbican_agr
     count("crash states (byok lifecycle): tried", tally.tried)
     count("crash states (byok lifecycle): problems", len(tally.problems))
     assert not tally.problems, f"seed {SEED}: " + "; ".join(tally.problems[:8])
-    assert tally.tried >= min(sample, 2), f"{op}/{variant}: only {tally.tried} states"
+    assert tally.tried >= sample, f"{op}/{variant}: only {tally.tried} states"
 
 
 def test_the_sample_seed_is_reported():
