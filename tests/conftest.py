@@ -6,7 +6,9 @@ same state dir) and stops it at the end only if this session started it.
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -291,6 +293,34 @@ def make_key(barbican):
     return make
 
 
+def pytest_configure(config):
+    """Every guest job of the session (this process and the CLIs it starts) is logged, so the
+    summary can say how many each backend ran and what they cost."""
+    from byok.guest import runner
+
+    if runner.JOBLOG_ENV not in os.environ:
+        fd, path = tempfile.mkstemp(prefix="byok-guest-jobs-", suffix=".log")
+        os.close(fd)
+        os.environ[runner.JOBLOG_ENV] = path
+
+
+def guest_job_totals() -> dict[str, tuple[int, float]]:
+    """backend -> (jobs, seconds) from the session's job log."""
+    from byok.guest import runner
+
+    totals: dict[str, tuple[int, float]] = {}
+    try:
+        lines = open(os.environ.get(runner.JOBLOG_ENV, "/nonexistent")).read().split("\n")
+    except OSError:
+        return totals
+    for line in lines:
+        name, _, secs = line.partition(" ")
+        if name and secs:
+            n, t = totals.get(name, (0, 0.0))
+            totals[name] = (n + 1, t + float(secs))
+    return totals
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Print the guest backends' probe table (which kernels really ran dm-crypt here, and why the
     others did not) and the reliability suite's counts (crashes injected, fuzz examples, header
@@ -310,7 +340,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def _guest_table(terminalreporter) -> None:
     from byok.guest import runner, select
 
-    if not runner.USED:
+    if not runner.USED and not guest_job_totals():
         return  # no guest ran in this session
     key = select.host_key()
     found = [v for v in (select.cached_verdict(n, key) for n in select.ORDER) if v]
@@ -320,3 +350,6 @@ def _guest_table(terminalreporter) -> None:
     terminalreporter.section(f"byok guest backends (this run used: {picked})")
     for v in found:
         terminalreporter.write_line("  " + v.line())
+    for name, (n, secs) in sorted(guest_job_totals().items()):
+        terminalreporter.write_line(f"  jobs run on {name}: {n}, {secs:.0f} s in all, "
+                                    f"{secs / n:.1f} s each")

@@ -59,7 +59,7 @@ def register(sub, fmt) -> None:
     )
     mp.add_argument("--out", type=Path, help="run directory (default results/<run-id>)")
     mp.add_argument("--spec", type=Path, default=None,
-                    help="spec to refresh (default: design/user-supplied-keys.rst if present)")
+                    help="spec to refresh (default: every design/*.rst with evidence blocks)")
     mp.add_argument("--no-spec", action="store_true", help="do not touch the spec")
     mp.set_defaults(func=_main_job, repeat=1, keep_scratch=False, ids=[])
 
@@ -120,9 +120,8 @@ def _print(p: publish.Published) -> int:
     out.print(f"results: {s.run_dir}")
     if p.report:
         out.print(f"report:  {p.report}")
-    if p.spec:
-        out.print(f"spec:    {p.spec} "
-                  f"({'evidence regenerated' if p.spec_changed else 'unchanged'})")
+    for spec, changed in p.specs.items():
+        out.print(f"spec:    {spec} ({'evidence regenerated' if changed else 'unchanged'})")
     return p.exit_code
 
 

@@ -115,7 +115,7 @@ class Context(KeyVerbs, VolumeVerbs, LuksVerbs, GuestVerbs, ProcessVerbs):
         self.last_error = None
         try:
             yield
-        except types as e:  # type: ignore[misc]
+        except types as e:
             self.last_error = e
             self.last_duration = time.perf_counter() - t0
             self.check(claim or f"raises {names}", True, f"{type(e).__name__}: {e}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from byok.common import paths
 from byok.common.errors import UsageError
 
 DEFAULT_SPEC = Path("design") / "user-supplied-keys.rst"
+DESIGN = Path("design")
 
 
 def latest_bench(run_dir: Path) -> dict | None:
@@ -53,12 +54,25 @@ def default_spec() -> Path | None:
     return spec if spec and spec.exists() else None
 
 
+def evidence_specs() -> list[Path]:
+    """Every ``design/*.rst`` with at least one evidence block (the core spec, its follow-ups,
+    the nova-spec): the main job refreshes them all from one run."""
+    from byok.harness import spec as specmod
+
+    root = paths.project_root()
+    if not root or not (root / DESIGN).is_dir():
+        return []
+    return [p for p in sorted((root / DESIGN).glob("*.rst"))
+            if any(specmod.START.match(ln) for ln in p.read_text().splitlines())]
+
+
 @dataclass
 class Published:
     summary: Any               # byok.harness.runner.RunSummary
     report: Path | None
     spec: Path | None
     spec_changed: bool = False
+    specs: dict[Path, bool] = field(default_factory=dict)  # every spec refreshed: changed?
 
     @property
     def exit_code(self) -> int:
@@ -70,24 +84,32 @@ class Published:
         return ExperimentError.exit_code if counts.get("error") or counts.get("refuted") else 0
 
 
-def publish(summary: Any, *, report_too: bool, spec: Path | None = None) -> Published:
-    """Report (and spec evidence) for a finished run."""
+def publish(summary: Any, *, report_too: bool, spec: Path | None = None,
+            specs: list[Path] | None = None) -> Published:
+    """Report (and spec evidence: ``spec``, or each of ``specs``) for a finished run."""
     out = Published(summary, None, None)
     if report_too:
         out.report = report(summary.run_dir)
-        if spec:
-            out.spec, out.spec_changed = spec, inject_spec(summary.run_dir, spec)
+        for target in ([spec] if spec else []) + [s for s in specs or [] if s != spec]:
+            out.specs[target] = inject_spec(summary.run_dir, target)
+        if out.specs:
+            out.spec = next(iter(out.specs))
+            out.spec_changed = out.specs[out.spec]
     return out
 
 
 def main_job(run: Callable[[Any], Any], *, spec: Path | None, no_spec: bool,
              progress: Callable[[str], None] | None = None) -> Published:
     """The README's main job: the embedded stack up (if needed), every experiment through
-    ``run(env)``, the report, the spec's evidence blocks; the stack stopped if we started it."""
+    ``run(env)``, the report, the evidence blocks of ``spec`` (default: of every design/*.rst
+    that has them); the stack stopped if we started it."""
     from byok.harness.context import Environment
     from byok.stack.manager import Stack
 
     with Stack.at().running(progress=progress) as stack:
         summary = run(Environment.embedded(stack))
-    target = None if no_spec else (spec or default_spec())
-    return publish(summary, report_too=True, spec=target if target and target.exists() else None)
+    if no_spec:
+        return publish(summary, report_too=True)
+    if spec:
+        return publish(summary, report_too=True, spec=spec if spec.exists() else None)
+    return publish(summary, report_too=True, specs=evidence_specs())

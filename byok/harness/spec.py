@@ -4,6 +4,7 @@ A block is delimited by two RST comment lines, so docutils renders what lies bet
 ignores the markers::
 
     .. evidence: E04            (or: .. evidence: E12 open_s:* parallel_peak_mib:*:32)
+       more_patterns:*          (optional: patterns go on over indented lines)
 
     (generated content, not indented: verdict, checks, key measurements, run id)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import textwrap
 from pathlib import Path
 
 from byok.harness.report import fmt
@@ -27,6 +29,13 @@ from byok.harness.results import ExperimentResult
 START = re.compile(r"^\.\. evidence: (E\d+)((?:[ \t]+\S+)*)\s*$")
 END = re.compile(r"^\.\. end-evidence\s*$")
 MAX_ROWS = 10
+WIDTH = 79  # cinder-specs and nova-specs wrap at 79 columns (doc8 D001 in the tests)
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    """A paragraph wrapped at WIDTH without breaking words (a literal may span lines)."""
+    return textwrap.wrap(text, WIDTH, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) or [""]
 
 
 def _lit(text: str) -> str:
@@ -52,14 +61,17 @@ def block(exp_id: str, result: ExperimentResult | None, run_id: str,
     """The RST lines of one evidence block's content (measurements matching ``patterns``, or
     the first MAX_ROWS)."""
     if result is None:
-        body = [f"*No result for {exp_id} in run* {_lit(run_id)}."]
+        body = _wrap(f"*No result for {exp_id} in run* {_lit(run_id)}.")
     else:
         ok = sum(c.passed for c in result.checks)
-        body = [f"**{exp_id}** — {result.title.replace('*', '')} · verdict **{result.verdict}** · "
-                f"{ok}/{len(result.checks)} checks passed · run {_lit(run_id)}"]
+        body = _wrap(f"**{exp_id}** — {result.title.replace('*', '')} · verdict "
+                     f"**{result.verdict}** · {ok}/{len(result.checks)} checks passed · run "
+                     f"{_lit(run_id)}")
         failed = [c for c in result.checks if not c.passed]
         if failed:
-            body += [""] + [f"- failed: {c.claim.replace('*', '')}" for c in failed[:5]]
+            body += [""]
+            for c in failed[:5]:
+                body += _wrap(f"- failed: {c.claim.replace('*', '')}", "  ")
         shown = [m for m in result.measurements if isinstance(m.value, (int, float, str))]
         if patterns:
             shown = [m for m in shown if any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
@@ -67,10 +79,16 @@ def block(exp_id: str, result: ExperimentResult | None, run_id: str,
             shown = shown[:MAX_ROWS]
         rows = [(_lit(m.name), _lit(fmt(m.value)), m.unit.replace("*", "")) for m in shown]
         if rows:
-            body += ["", *_table(rows)]
+            table = _table(rows)
+            if max(len(ln) for ln in table) <= WIDTH:
+                body += ["", *table]
+            else:  # a long text value: a list wraps where a table cannot (doc8's 79 columns)
+                body += [""]
+                for name, value, unit in rows:
+                    body += _wrap(f"- {name}: {value} {unit}".rstrip(), "  ")
         if len(result.measurements) > len(rows):
-            body += ["", f"({len(result.measurements) - len(rows)} more measurements in the "
-                         f"run's report.)"]
+            body += ["", *_wrap(f"({len(result.measurements) - len(rows)} more measurements "
+                                f"in the run's report.)")]
     # Unindented on purpose: text indented under an RST comment belongs to the comment and
     # would not render.
     return body
@@ -109,7 +127,14 @@ def inject(spec: Path, results: list[ExperimentResult], run_id: str) -> tuple[st
             i += 1
             continue
         exp_id = m.group(1)
+        patterns = m.group(2).split()
+        head = [lines[i]]
         j = i + 1
+        # Patterns may go on over indented lines (79 columns): they belong to the comment.
+        while j < len(lines) and lines[j][:1] in (" ", "\t") and lines[j].strip():
+            patterns += lines[j].split()
+            head.append(lines[j])
+            j += 1
         while j < len(lines) and not END.match(lines[j]):
             if START.match(lines[j]):
                 raise ValueError(f"{spec}: evidence block {exp_id} (line {i + 1}) is not closed")
@@ -117,12 +142,11 @@ def inject(spec: Path, results: list[ExperimentResult], run_id: str) -> tuple[st
         if j == len(lines):
             raise ValueError(f"{spec}: evidence block {exp_id} (line {i + 1}) is not closed")
         found.append(exp_id)
-        patterns = m.group(2).split() or None
         chosen, which = pick(exp_id, by_id)
-        body = block(chosen.id if chosen else exp_id, chosen, run_id, patterns)
+        body = block(chosen.id if chosen else exp_id, chosen, run_id, patterns or None)
         if which:
-            body += ["", which]
-        out += [lines[i], "", *body, "", lines[j]]
+            body += ["", *_wrap(which)]
+        out += [*head, "", *body, "", lines[j]]
         i = j + 1
     return "\n".join(out) + "\n", found
 

@@ -11,10 +11,18 @@ key and have the service apply it. The rule implemented here:
    ``(service, "volume", <volume id>)`` is registered on K, with the user's token.
 2. **Token-less use** (restart, evacuate, migration: the service acts alone): the service must be
    able to read K (the owner granted it an ACL) *and* K must carry the consumer for exactly this
-   volume, proving step 1 happened for it. Anything else is refused with KeyAccessDenied.
+   volume. Anything else is refused with KeyAccessDenied.
 
 Consumers also make Barbican (microversion >= 1.2) refuse to delete K while volumes use it,
 unless the owner forces it — the owner stays in control, but not by accident.
+
+A consumer is **advisory**, not proof of step 1: Barbican lets any ACL reader (the service
+itself) and any project member of a non-private secret post one, and project members rewrite a
+secret's metadata (ownership marks) — E17 measures both. The authority is the service's own
+record (Cinder: ``volumes.encryption_key_id`` + ``encryption_key_owner``, written only after
+step 1 checked the user's token): :func:`resolve_recorded` refuses a volume whose record does
+not name the key, whatever the consumers say, and :func:`may_delete` decides deletion from the
+record alone, never from a mark.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from byok.common.errors import KeyAccessDenied, KeyNotFound
+from byok.keys import ref as keyref
 from byok.keys.barbican import DEFAULT_DEADLINE
 from byok.keys.identity import Identity
 from byok.keys.ref import KeyRef
@@ -47,6 +56,56 @@ class Consumer:
 
     def args(self) -> tuple[str, str, str]:
         return self.service, self.resource_type, self.resource_id
+
+
+OWNER_USER = "user"
+OWNER_SERVICE = "service"
+
+
+@dataclass(frozen=True)
+class Binding:
+    """The service's own record of which key a resource uses and who owns it — Cinder's
+    ``encryption_key_id`` and ``encryption_key_owner`` columns. Authoritative: only the service
+    writes it, after checking the user's token (step 1)."""
+
+    resource_id: str
+    key_id: str
+    owner: str = OWNER_USER
+    resource_type: str = RESOURCE_TYPE
+
+
+def _secret_id(ref: KeyRef | str) -> str:
+    """The secret id of a KeyRef or a bare UUID (an href string needs its endpoint checked:
+    pass a KeyRef from the resolver)."""
+    return ref.secret_id if isinstance(ref, KeyRef) else keyref.parse(ref).secret_id
+
+
+def check_binding(ref: KeyRef | str, binding: Binding | None, *, volume_id: str,
+                  resource_type: str = RESOURCE_TYPE) -> None:
+    """Raise KeyAccessDenied unless the service's record binds this resource to this key.
+
+    ``None`` means the service has no record of the resource at all — refused like a mismatch.
+    """
+    key_id = _secret_id(ref)
+    if binding is None or (binding.resource_type, binding.resource_id) != (
+            resource_type, volume_id):
+        raise KeyAccessDenied(
+            f"the service has no record binding {resource_type} {volume_id} to key {key_id}; "
+            "a consumer on the secret is not proof (any ACL reader may post one)",
+            hint="create the volume with the user's token (that writes the record)",
+        )
+    if binding.key_id != key_id:
+        raise KeyAccessDenied(
+            f"{resource_type} {volume_id} is recorded with key {binding.key_id}, not {key_id}",
+            hint="the key of a volume comes from the service's record, not from a request",
+        )
+
+
+def may_delete(ref: KeyRef | str, binding: Binding | None) -> bool:
+    """True only if the service's record says the key is the service's own (today's Cinder
+    keys). A Barbican ownership mark is never consulted: project members can rewrite it."""
+    return (binding is not None and binding.owner == OWNER_SERVICE
+            and binding.key_id == _secret_id(ref))
 
 
 def _bind(resolver: Resolver, ref: KeyRef | str, consumer: Consumer) -> SecretInfo:
@@ -111,7 +170,11 @@ def resolve_for_volume(
     resource_type: str = RESOURCE_TYPE,
     deadline: float = DEFAULT_DEADLINE,
 ) -> KeyMaterial:
-    """Step 2: the service resolves ``ref`` alone, only for a volume bound in step 1."""
+    """Step 2: the service resolves ``ref`` alone, only for a volume bound in step 1.
+
+    The consumer is the only proof here, and the service itself can post it (E17): callers
+    that keep a record of their volumes use :func:`resolve_recorded`.
+    """
     resolver = Resolver(service_identity, endpoint=endpoint, deadline=deadline)
     try:
         info = resolver.info(ref)
@@ -128,6 +191,28 @@ def resolve_for_volume(
             hint="bind it with the user's token first (volume create / attach as the user)",
         )
     return _material(resolver, info)
+
+
+def resolve_recorded(
+    ref: KeyRef | str,
+    *,
+    service_identity: Identity,
+    volume_id: str,
+    binding: Binding | None,
+    service: str = DEFAULT_SERVICE,
+    endpoint: str | None = None,
+    resource_type: str = RESOURCE_TYPE,
+    deadline: float = DEFAULT_DEADLINE,
+) -> KeyMaterial:
+    """Step 2 for a service that keeps its own record of the volume (Cinder's row): the record
+    must bind this volume to this key — checked first, so a forged consumer never gets the
+    key read — and then step 2 as above (the owner's ACL; the consumer still present, as the
+    Cinder and Nova patches check it: necessary, not sufficient)."""
+    checked = Resolver(service_identity, endpoint=endpoint, deadline=deadline)._ref(ref)
+    check_binding(checked, binding, volume_id=volume_id, resource_type=resource_type)
+    return resolve_for_volume(checked, service_identity=service_identity, volume_id=volume_id,
+                              service=service, endpoint=endpoint, resource_type=resource_type,
+                              deadline=deadline)
 
 
 def release(

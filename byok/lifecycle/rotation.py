@@ -37,6 +37,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from byok.common import paths
 from byok.common.errors import (
@@ -56,6 +57,36 @@ from byok.luks import header as luksheader
 from byok.luks import luks2edit, recovery, reencstate, sealed
 
 PHASES = ("started", "backed-up", "added", "verified", "removed", "done")
+
+
+if TYPE_CHECKING:
+    from byok.keys.identity import Identity
+    from byok.keys.ref import KeyRef
+    from byok.keys.resolver import KeyMaterial, Resolver, SecretInfo
+    from byok.lifecycle.volumes import Pool, VolumeRecord
+
+
+class RotationService(Protocol):
+    """What rotation and re-encryption need of the volume service
+    (:class:`byok.lifecycle.volumes.VolumeService`): its pool, the user's key resolution and the
+    consumer bookkeeping — typed here so that rotation does not import the service's module."""
+
+    pool: Pool
+    user: Identity
+    resolver: Resolver
+    endpoint: str
+    service_name: str
+    deadline: float
+
+    def key(self, ref: KeyRef | str) -> KeyMaterial: ...
+
+    def passphrase(self, ref: KeyRef | str) -> tuple[KeyMaterial, Sensitive]: ...
+
+    def drop_escrow_secret(self, escrow_ref: str) -> None: ...
+
+    def _bind(self, ref: KeyRef | str, rid: str, kind: str) -> SecretInfo: ...
+
+    def _release(self, rec: VolumeRecord) -> None: ...
 
 
 def crash_point(name: str) -> None:
@@ -85,7 +116,7 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def journal_for(svc, rid: str) -> Journal:
+def journal_for(svc: RotationService, rid: str) -> Journal:
     return Journal(svc.pool.root / "journal" / f"{rid}.rotation.json")
 
 
@@ -97,7 +128,7 @@ def _opens(path: Path, pw: Sensitive) -> int | None:
         return None
 
 
-def rotate(svc, rid: str, new_key_ref: str, *, policy: str | None = None,
+def rotate(svc: RotationService, rid: str, new_key_ref: str, *, policy: str | None = None,
            resume_only: bool = False):
     """Rotate ``rid`` to ``new_key_ref`` (or finish an interrupted rotation first)."""
     pool = svc.pool
@@ -119,7 +150,7 @@ def rotate(svc, rid: str, new_key_ref: str, *, policy: str | None = None,
         return _rotate(svc, rid, new_key_ref, policy, journal)
 
 
-def _rotate(svc, rid: str, new_key_ref: str, policy: str | None, journal: Journal):
+def _rotate(svc: RotationService, rid: str, new_key_ref: str, policy: str | None, journal: Journal):
     pool = svc.pool
     rec = pool.load(rid)
     path = pool.path(rid)
@@ -167,7 +198,7 @@ def _rotate(svc, rid: str, new_key_ref: str, policy: str | None, journal: Journa
     return _finish(svc, rid, doc, journal, old_km.ref.href, old_pw)
 
 
-def _finish(svc, rid: str, doc: dict, journal: Journal, old_ref: str,
+def _finish(svc: RotationService, rid: str, doc: dict, journal: Journal, old_ref: str,
             old_pw: Sensitive | None):
     pool = svc.pool
     rec = pool.load(rid)
@@ -209,7 +240,7 @@ def _restore_sealed(path: Path, backup: Path, pw: Sensitive, rid: str) -> None:
         sealed.shred(plain)
 
 
-def _retire_backups(svc, rid: str, old_pw: Sensitive | None) -> None:
+def _retire_backups(svc: RotationService, rid: str, old_pw: Sensitive | None) -> None:
     """After a verified rotation or re-encryption: shred its sealed pre-rotation backup and
     leftovers, and every plain header backup of ``rid`` that still opens with the old key
     (``old_pw``; None: the old key is gone, nothing can open them with it) —
@@ -226,7 +257,7 @@ def _retire_backups(svc, rid: str, old_pw: Sensitive | None) -> None:
             sealed.shred(f)
 
 
-def _passphrase_if_available(svc, ref: str | None) -> Sensitive | None:
+def _passphrase_if_available(svc: RotationService, ref: str | None) -> Sensitive | None:
     """The key's passphrase, or None if Barbican no longer gives it to the user.
 
     A user who rotates because a key is compromised may delete the old key before a crashed
@@ -249,7 +280,7 @@ def _active(path: Path) -> set[int]:
         return set()
 
 
-def _resume(svc, rid: str, doc: dict, journal: Journal):
+def _resume(svc: RotationService, rid: str, doc: dict, journal: Journal):
     """Finish or roll back an interrupted rotation from what the header opens with."""
     pool = svc.pool
     path = pool.path(rid)
@@ -289,6 +320,7 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
         # The old slot is known from the journal even when the old key itself is gone.
         stale = old_slot if old_slot is not None else doc.get("old_slot")
         if stale is not None and stale != new_slot and stale in _active(path):
+            assert new_pw is not None  # new_slot was found by opening with it
             luks.kill_slot(path, stale, authorising=new_pw)
         doc["phase"] = "removed"
         doc["resumed"] = True
@@ -305,6 +337,7 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
     # longer be read (deleted by its owner), wipe the slot: nothing may open with it later.
     added = doc.get("new_slot")
     if new_pw is None and added is not None and added != old_slot and added in _active(path):
+        assert old_pw is not None  # old_slot was found by opening with it
         luks.kill_slot(path, added, authorising=old_pw)
     rec.state = "available"
     rec.history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -321,12 +354,12 @@ def _resume(svc, rid: str, doc: dict, journal: Journal):
     return rec
 
 
-def reencrypt_journal_for(svc, rid: str) -> Journal:
+def reencrypt_journal_for(svc: RotationService, rid: str) -> Journal:
     return Journal(svc.pool.root / "journal" / f"{rid}.reencrypt.json")
 
 
-def reencrypt(svc, rid: str, new_key_ref: str | None = None, *, policy: str | None = None,
-              resume_only: bool = False):
+def reencrypt(svc: RotationService, rid: str, new_key_ref: str | None = None, *,
+              policy: str | None = None, resume_only: bool = False):
     """Full re-encryption: a new volume key for all data, wrapped only by the new user key.
 
     Journaled, under one exclusive lock from start to end: ``started`` (the volume is
@@ -355,7 +388,7 @@ def reencrypt(svc, rid: str, new_key_ref: str | None = None, *, policy: str | No
         return _reencrypt_continue(svc, rid, doc, journal, policy)
 
 
-def _reencrypt_start(svc, rid: str, new_key_ref: str, journal: Journal) -> dict:
+def _reencrypt_start(svc: RotationService, rid: str, new_key_ref: str, journal: Journal) -> dict:
     pool = svc.pool
     rec = pool.load(rid)
     path = pool.path(rid)
@@ -411,7 +444,8 @@ def _remove_unbound_keyslots(path: Path, pw: Sensitive) -> list[int]:
     return stale
 
 
-def _reencrypt_continue(svc, rid: str, doc: dict, journal: Journal, policy: str | None):
+def _reencrypt_continue(svc: RotationService, rid: str, doc: dict, journal: Journal,
+                        policy: str | luks.PbkdfPolicy | None):
     pool = svc.pool
     path = pool.path(rid)
     rec = pool.load(rid)
@@ -490,7 +524,11 @@ def _drive_reencryption(path: Path, old_pw: Sensitive | None, new_pw: Sensitive,
                                     "was changed")
             return "+".join(steps) or "finished before the crash"
         # Not (or no longer) re-encrypting, still the old volume key: start (again).
-        stale = _remove_unbound_keyslots(path, new_pw if new_key else old_pw)
+        authorising = new_pw if new_key else old_pw
+        if authorising is None:
+            raise RotationError(f"{path.name}: the old key is gone and the new one does not open "
+                                "the header; nothing was changed")
+        stale = _remove_unbound_keyslots(path, authorising)
         if stale:
             steps.append(f"removed stale keyslots {stale}")
         if new_key is None:
@@ -535,6 +573,10 @@ def finish_reencryption(path: Path, pw: Sensitive) -> str:
         st = reencstate.read(h)
         if st.status == reencstate.NONE:
             return "+".join(steps) or "not reencrypting"
+        if st.slot is None:
+            raise RotationError(f"{path.name}: the header says re-encrypting but has no "
+                                "reencrypt keyslot; nothing was changed",
+                                hint="recover offline: byok recover --check")
         if st.slot.mode != "reencrypt" or st.slot.resilience not in ("checksum", "journal"):
             raise RotationError(
                 f"{path.name}: an interrupted {st.slot.mode} with resilience "
@@ -572,7 +614,8 @@ def finish_reencryption(path: Path, pw: Sensitive) -> str:
                         + ", ".join(steps))
 
 
-def finish_interrupted_reencryption(svc, rid: str, pw: Sensitive, policy=None) -> str:
+def finish_interrupted_reencryption(svc: RotationService, rid: str, pw: Sensitive,
+                                    policy: object = None) -> str:
     """:func:`finish_reencryption` for a pool volume (kept for callers by volume id)."""
     return finish_reencryption(svc.pool.path(rid), pw)
 

@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from byok.common import proc
 from byok.common.errors import (
@@ -118,8 +119,8 @@ class LuksInfo:
     key_bits: int
     sector_size: int
     data_offset: int
-    keyslots: dict[int, dict]
-    tokens: dict[str, dict]
+    keyslots: dict[int, dict[str, Any]]
+    tokens: dict[str, dict[str, Any]]
     requirements: tuple[str, ...] = ()  # LUKS2 config.requirements.mandatory
 
     @property
@@ -281,15 +282,16 @@ def reencrypt_required(reqs: tuple[str, ...]) -> bool:
     return any("reencrypt" in r for r in reqs)
 
 
-def requirements(meta: dict) -> tuple[str, ...]:
+def requirements(meta: dict[str, Any]) -> tuple[str, ...]:
     """LUKS2 ``config.requirements.mandatory`` of a metadata document."""
     return tuple(meta.get("config", {}).get("requirements", {}).get("mandatory", []))
 
 
-def metadata(path: Path) -> dict:
+def metadata(path: Path) -> dict[str, Any]:
     """The LUKS2 JSON metadata as cryptsetup reports it."""
     res = _run(path, ["luksDump", "--dump-json-metadata", str(path)], what="dump")
-    return json.loads(res.stdout)
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return doc
 
 
 def test_key(
@@ -413,7 +415,7 @@ def dump(path: Path, *, header: Path | None = None) -> LuksInfo:
         uuid, label = binary.uuid, binary.label
     except ByokError:
         uuid, label = "", ""
-    key_bits = next(iter(slots.values()))["key_bits"] if slots else 0
+    key_bits = int(next(iter(slots.values()))["key_bits"] or 0) if slots else 0
     return LuksInfo(
         version=2,
         uuid=uuid,

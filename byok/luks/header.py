@@ -21,6 +21,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from byok.common.errors import HeaderCorrupt, NotLuks
 
@@ -122,7 +123,7 @@ class LuksHeader:
     header_size: int  # bytes of metadata before the data (LUKS2 hdr_size x2 + keyslots area)
     seqid: int = 0
     used_secondary: bool = False
-    json: dict = field(default_factory=dict, compare=False, repr=False)
+    json: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     segments: tuple[Segment, ...] = ()  # all of them, backup segments included, by id
     requirements: tuple[str, ...] = ()  # LUKS2 config.requirements.mandatory
     reencrypt: ReencryptSlot | None = None
@@ -249,7 +250,7 @@ def parse_luks1(data: bytes) -> LuksHeader:
 _BIN2 = struct.Struct(">6sHQQ48s32s64s40s48sQ184s64s")
 
 
-def _luks2_binary(data: bytes, off: int) -> tuple[dict, bytes]:
+def _luks2_binary(data: bytes, off: int) -> tuple[dict[str, Any], bytes]:
     """(fields, raw header area) of the LUKS2 binary header at ``off``; checksum verified."""
     if len(data) < off + LUKS2_BIN_SIZE:
         raise HeaderCorrupt(f"LUKS2 header at {off:#x} truncated")
@@ -331,7 +332,7 @@ def _b64(s: str) -> bytes:
     return base64.b64decode(s, validate=True)
 
 
-def _uint(v, what: str) -> int:
+def _uint(v: object, what: str) -> int:
     """A LUKS2 JSON number: a decimal string (u64 fields) or a JSON int; never negative."""
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         raise HeaderCorrupt(f"LUKS2 {what} is not a number: {v!r}")
@@ -343,13 +344,13 @@ def _uint(v, what: str) -> int:
     return n
 
 
-def _ids(values, what: str) -> tuple[int, ...]:
+def _ids(values: object, what: str) -> tuple[int, ...]:
     if not isinstance(values, list):
         raise HeaderCorrupt(f"LUKS2 {what} is not a list")
     return tuple(_uint(x, what) for x in values)
 
 
-def _segment(sid: str, s: dict) -> Segment:
+def _segment(sid: str, s: dict[str, Any]) -> Segment:
     kind = s.get("type")
     if kind not in ("crypt", "linear"):
         raise HeaderCorrupt(f"LUKS2 segment {sid} has unknown type {kind!r}")
@@ -372,7 +373,7 @@ def _segment(sid: str, s: dict) -> Segment:
                    flags=tuple(flags))
 
 
-def _reencrypt_slot(sid: str, k: dict) -> ReencryptSlot:
+def _reencrypt_slot(sid: str, k: dict[str, Any]) -> ReencryptSlot:
     area = k["area"]
     mode, direction, resilience = k.get("mode"), k.get("direction"), area.get("type")
     if mode not in ("reencrypt", "encrypt", "decrypt") or direction not in ("forward",
@@ -392,7 +393,9 @@ def _reencrypt_slot(sid: str, k: dict) -> ReencryptSlot:
     )
 
 
-def _luks2_from_json(fields: dict, meta: dict, *, used_secondary: bool) -> LuksHeader:
+def _luks2_from_json(
+    fields: dict[str, Any], meta: dict[str, Any], *, used_secondary: bool
+) -> LuksHeader:
     segs = meta["segments"]
     if not isinstance(segs, dict) or "0" not in segs:
         raise HeaderCorrupt("LUKS2 has no segment 0")

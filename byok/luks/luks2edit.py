@@ -24,6 +24,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 from byok.common.errors import HeaderCorrupt, RotationError
 from byok.luks import header as luksheader
@@ -31,7 +32,7 @@ from byok.luks import header as luksheader
 _BIN = luksheader._BIN2
 
 
-def _copies(blob: bytes) -> tuple[int, dict]:
+def _copies(blob: bytes) -> tuple[int, dict[str, Any]]:
     """(hdr_size, newest JSON) of a LUKS2 header backup, both copies valid or not."""
     h = luksheader.parse(blob)
     if h.version != 2:
@@ -56,7 +57,7 @@ def _binary(raw: bytes, off: int, seqid: int, json_area: bytes, hdr_size: int) -
     return head[:448] + csum + head[512:] + json_area
 
 
-def finalize_json(meta: dict, final_digest: str) -> dict:
+def finalize_json(meta: dict[str, Any], final_digest: str) -> dict[str, Any]:
     """cryptsetup's teardown of a finished re-encryption, applied to its JSON metadata."""
     meta = copy.deepcopy(meta)
     segs = meta["segments"]
@@ -91,7 +92,7 @@ def finalize_json(meta: dict, final_digest: str) -> dict:
     return meta
 
 
-def rewrite_backup(backup: Path, final_digest: str) -> dict:
+def rewrite_backup(backup: Path, final_digest: str) -> dict[str, Any]:
     """Rewrite a header backup file in place: finalised JSON, seqid + 1, fresh checksums.
     Returns the new JSON. The keyslot areas in the file are not touched."""
     blob = bytearray(backup.read_bytes())

@@ -32,7 +32,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from byok.common.sensitive import Sensitive
 from byok.luks import header as luksheader
 from byok.luks import reencstate
 from byok.luks import sectors as xts
-from byok.luks.header import Keyslot, LuksHeader, Segment
+from byok.luks.header import Keyslot, LuksHeader, ReencryptSlot, Segment
 
 CHUNK = 8 << 20
 Progress = Callable[[int, int], None]
@@ -170,6 +170,13 @@ class Piece:
     data: bytes = b""
     note: str = ""
 
+    @property
+    def sector_cipher(self) -> xts.SectorCipher:
+        """The cipher of a ``crypt`` piece (the plan never makes one without)."""
+        if self.cipher is None:
+            raise RecoveryError(f"internal: encrypted piece at {self.start} has no cipher")
+        return self.cipher
+
 
 @dataclass
 class Plan:
@@ -179,7 +186,15 @@ class Plan:
     pieces: list[Piece] = field(default_factory=list)
     refused: list[tuple[int, int, str]] = field(default_factory=list)
     keys: dict[int, Unlocked] = field(default_factory=dict)
-    notes: dict = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slot(self) -> ReencryptSlot:
+        """The reencrypt keyslot of a header caught re-encrypting (a hotzone is planned)."""
+        if self.state.slot is None:
+            raise RecoveryRefused("the header marks a hotzone but has no reencrypt keyslot "
+                                  "(inconsistent metadata); nothing was written")
+        return self.state.slot
 
     def refuse(self, start: int, end: int, why: str) -> None:
         if self.refused and self.refused[-1][1] == start and self.refused[-1][2] == why:
@@ -225,11 +240,16 @@ class _Side:
     def usable(self) -> bool:
         return self.plain or self.cipher is not None
 
+    def _sector_cipher(self) -> xts.SectorCipher:
+        if self.cipher is None:
+            raise RecoveryError("internal: an encrypted side without its volume key")
+        return self.cipher
+
     def decrypt(self, data: bytes, rel: int) -> bytes:
-        return data if self.plain else self.cipher.decrypt(data, self.iv + rel // 512)
+        return data if self.plain else self._sector_cipher().decrypt(data, self.iv + rel // 512)
 
     def encrypt(self, data: bytes, rel: int) -> bytes:
-        return data if self.plain else self.cipher.encrypt(data, self.iv + rel // 512)
+        return data if self.plain else self._sector_cipher().encrypt(data, self.iv + rel // 512)
 
     def piece(self, start: int, length: int, offset: int, rel: int, note: str,
               source: str = "data") -> Piece:
@@ -239,7 +259,8 @@ class _Side:
                      note=note)
 
 
-def _torn_candidates(cur: bytes, old_ct_of_new: bytes, units: int):
+def _torn_candidates(cur: bytes, old_ct_of_new: bytes, units: int
+                     ) -> Iterator[tuple[int, bytes]]:
     """Ways a torn write can leave a block: each TEAR_UNIT either new (rewritten) or old.
     All 2^units mixes for small blocks, else the write-order-consistent prefix splits."""
     u = len(cur) // units
@@ -254,11 +275,16 @@ def _torn_candidates(cur: bytes, old_ct_of_new: bytes, units: int):
 
 def _hot_checksum(plan: Plan, ext: reencstate.Extent, image: Path, hdr_file: Path,
                   old: _Side, new: _Side) -> None:
-    slot = plan.state.slot
+    slot = plan.slot
+    if slot.hash is None:
+        plan.refuse(ext.start, ext.start + ext.length,
+                    "checksum resilience without a hash name (inconsistent metadata)")
+        return
+    hname: str = slot.hash
     block = slot.hash_block or 4096
     hot = ext.segment
     count = ext.length // block
-    hsize = hashlib.new(slot.hash).digest_size
+    hsize = hashlib.new(hname).digest_size
     if ext.length % block or count * hsize > slot.area_size:
         plan.refuse(ext.start, ext.start + ext.length,
                     "the hotzone does not fit its checksum area (inconsistent metadata)")
@@ -276,19 +302,19 @@ def _hot_checksum(plan: Plan, ext: reencstate.Extent, image: Path, hdr_file: Pat
             want = sums[(rel // block) * hsize:(rel // block + 1) * hsize]
             cur = cur_all[b:b + block]
             start = ext.start + rel
-            if hashlib.new(slot.hash, cur).digest() == want:
+            if hashlib.new(hname, cur).digest() == want:
                 stats["old"] += 1
                 plan.add(old.piece(start, block, hot.offset + rel, rel, "hotzone: old"))
                 continue
             p_new = new_plain[b:b + block]
             old_ct = old.encrypt(p_new, rel)
-            if hashlib.new(slot.hash, old_ct).digest() == want:
+            if hashlib.new(hname, old_ct).digest() == want:
                 stats["new"] += 1
                 plan.add(new.piece(start, block, hot.offset + rel, rel, "hotzone: new"))
                 continue
             units = block // TEAR_UNIT
             for mask, mix in _torn_candidates(cur, old_ct, units):
-                if hashlib.new(slot.hash, mix).digest() == want:
+                if hashlib.new(hname, mix).digest() == want:
                     u = block // units
                     p_old = old_plain[b:b + block]
                     data = b"".join(p_new[i * u:(i + 1) * u] if mask >> i & 1
@@ -308,7 +334,7 @@ def _hot_checksum(plan: Plan, ext: reencstate.Extent, image: Path, hdr_file: Pat
 
 def _hot_journal(plan: Plan, ext: reencstate.Extent, image: Path, old: _Side,
                  new: _Side) -> None:
-    slot = plan.state.slot
+    slot = plan.slot
     hot = ext.segment
     if ext.length > slot.area_size:
         plan.refuse(ext.start, ext.start + ext.length,
@@ -338,12 +364,14 @@ def _hot_journal(plan: Plan, ext: reencstate.Extent, image: Path, old: _Side,
 def _hot_datashift(plan: Plan, ext: reencstate.Extent, image: Path, old: _Side,
                    new: _Side, rseg: int, rh_offset: int) -> None:
     st = plan.state
-    slot = st.slot
+    slot = plan.slot
     hot = ext.segment
     shift = slot.shift_size or 0
     if rseg == 0 and st.moved is not None:
         src = st.moved.offset
-        old = _Side(st.previous if st.previous.type == "linear" else st.moved, old.cipher, 0)
+        linear_before = st.previous is not None and st.previous.type == "linear"
+        old = _Side(st.previous if st.previous is not None and linear_before else st.moved,
+                    old.cipher, 0)
     elif slot.direction == "forward":
         src = st.data_offset + rh_offset + shift
     else:
@@ -403,14 +431,14 @@ def plan(image: Path, *, passphrase: Sensitive, header: Path | None = None) -> P
         raise RecoveryError(f"cannot read {hdr_file}: {e}") from e
     st = reencstate.read(h)
     exts = reencstate.extents(st, device_size)
-    p = Plan(h, st, sum(e.length for e in exts), notes={"header_file": hdr_file})
+    p = Plan(h, st, sum(ext.length for ext in exts), notes={"header_file": hdr_file})
 
     need: set[int] = set()  # digests some data cannot be read without
-    for e in exts:
-        if e.segment.type == "crypt" and not e.segment.hot:
-            need |= {d.id for d in reencstate.digest_of_segment(h, e.segment.id)}
+    for ext in exts:
+        if ext.segment.type == "crypt" and not ext.segment.hot:
+            need |= {d.id for d in reencstate.digest_of_segment(h, ext.segment.id)}
     reenc = {d for d in (st.digest_old, st.digest_new) if d is not None}
-    if any(e.segment.hot for e in exts):
+    if any(ext.segment.hot for ext in exts):
         need |= reenc
     if need and not h.keyslots:
         raise RecoveryError("the header has no active keyslot")
@@ -426,32 +454,38 @@ def plan(image: Path, *, passphrase: Sensitive, header: Path | None = None) -> P
         verified = None if missing else reencstate.verify_metadata(h, st, old_vk, new_vk)
     p.notes["metadata_verified"] = verified
 
-    for e in exts:
-        seg, end = e.segment, e.start + e.length
+    for ext in exts:
+        seg, end = ext.segment, ext.start + ext.length
         if seg.hot:
-            _plan_hot(p, e, image, hdr_file, verified)
+            _plan_hot(p, ext, image, hdr_file, verified)
             continue
-        if (st.status == reencstate.CLEAN and st.slot.resilience == "none"
+        if (st.status == reencstate.CLEAN and st.slot is not None
+                and st.slot.resilience == "none"
                 and not h.commit_in_flight and _is_old(st, h, seg)):
             # With 'none' cryptsetup rewrites data without recording progress; only a header
             # caught mid-write (nothing written after it) still describes the data exactly.
-            p.refuse(e.start, end, "re-encryption with resilience 'none' was interrupted: "
+            p.refuse(ext.start, end, "re-encryption with resilience 'none' was interrupted: "
                      "cryptsetup records no progress then, so these bytes may already be in "
                      "the new key or still in the old one")
             continue
         if seg.type == "linear":
-            p.add(Piece(e.start, e.length, "plain", "data", seg.offset, note="plaintext segment"))
+            p.add(Piece(ext.start, ext.length, "plain", "data", seg.offset,
+                        note="plaintext segment"))
             continue
         ds = reencstate.digest_of_segment(h, seg.id)
         key = p.keys.get(ds[0].id) if len(ds) == 1 else None
         if key is None:
-            p.refuse(e.start, end, f"encrypted with the volume key of digest "
+            p.refuse(ext.start, end, f"encrypted with the volume key of digest "
                      f"{ds[0].id if ds else '?'}, and no keyslot bound to it opens with this "
                      "key")
             continue
-        p.add(Piece(e.start, e.length, "crypt", "data", seg.offset, _cipher_for(seg, key),
+        p.add(Piece(ext.start, ext.length, "crypt", "data", seg.offset, _cipher_for(seg, key),
                     seg.iv_tweak, note=f"segment {seg.id}, digest {ds[0].id}"))
     return p
+
+
+def _key_of(p: Plan, digest: int | None) -> Unlocked | None:
+    return p.keys.get(digest) if digest is not None else None
 
 
 def _is_old(st: reencstate.State, h: LuksHeader, seg: Segment) -> bool:
@@ -471,13 +505,17 @@ def _plan_hot(p: Plan, e: reencstate.Extent, image: Path, hdr_file: Path,
                "this key does not open both the old and the new volume key of the hotzone")
         p.refuse(e.start, end, f"hotzone of an interrupted re-encryption: {why}")
         return
+    if st.previous is None or st.final is None:
+        p.refuse(e.start, end, "hotzone of an interrupted re-encryption without its old and "
+                 "new layout (backup segments) in the header")
+        return
     rh_offset = e.segment.offset - st.data_offset
     rseg = st.data.index(e.segment)
     old_iv = st.previous.iv_tweak + rh_offset // 512
     new_iv = st.final.iv_tweak + rh_offset // 512
-    old = _Side(st.previous, _cipher_for(st.previous, p.keys.get(st.digest_old)), old_iv)
-    new = _Side(st.final, _cipher_for(st.final, p.keys.get(st.digest_new)), new_iv)
-    res = st.slot.resilience
+    old = _Side(st.previous, _cipher_for(st.previous, _key_of(p, st.digest_old)), old_iv)
+    new = _Side(st.final, _cipher_for(st.final, _key_of(p, st.digest_new)), new_iv)
+    res = p.slot.resilience
     moved_first = st.moved is not None and rh_offset == 0 and res.startswith("datashift-")
     if res == "checksum" or (moved_first and res == "datashift-checksum"):
         _hot_checksum(p, e, image, hdr_file, old, new)
@@ -512,7 +550,8 @@ def read_plaintext(image: Path, passphrase: Sensitive, length: int, *, offset: i
             stop = min(pc.length, -(-(hi - pc.start) // grain) * grain)
             src = header if pc.source == "header" and header else image
             raw = _pread(src, pc.offset + rel, stop - rel)
-            plain = pc.cipher.decrypt(raw, pc.iv + rel // 512) if pc.how == "crypt" else raw
+            plain = (pc.sector_cipher.decrypt(raw, pc.iv + rel // 512) if pc.how == "crypt"
+                     else raw)
             chunk = plain[lo - pc.start - rel:hi - pc.start - rel]
         out[lo - offset:hi - offset] = chunk
     return bytes(out)
@@ -529,7 +568,7 @@ def recover(
     header: Path | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Write the plaintext of ``image`` to ``out``; returns a summary (keys, segments, bytes).
 
     ``out=None`` decrypts everything and writes nothing (``byok recover --check``): it proves
@@ -559,7 +598,7 @@ def recover(
         finally:
             if fo >= 0:
                 os.close(fo)
-        if tmp is not None:
+        if tmp is not None and out is not None:
             os.replace(tmp, out)
     except BaseException:
         if tmp is not None:
@@ -572,7 +611,7 @@ def recover(
     return _summary(p, written, time.monotonic() - t0)
 
 
-def _summary(p: Plan, written: int, seconds: float) -> dict:
+def _summary(p: Plan, written: int, seconds: float) -> dict[str, Any]:
     h = p.header
     seg0 = next((s for s in p.state.data if s.type == "crypt"), p.state.final or h.segment)
     first = next(iter(p.keys.values()), None)
@@ -653,7 +692,7 @@ def _run_jobs(fds: dict[str, int], fo: int, jobs: list[tuple[Piece, int, int]],
                         view[got:] = bytes(n - got)
                     if pc.how == "crypt":
                         out = memoryview(outbuf)[:n]
-                        pc.cipher.decrypt_into(view, out, pc.iv + rel // 512)
+                        pc.sector_cipher.decrypt_into(view, out, pc.iv + rel // 512)
                     else:
                         out = view
                 keep = min(n, plain_size - pos)
@@ -715,7 +754,7 @@ def read_passphrase(*, key_file: Path | None = None, passphrase_file: Path | Non
 def recover_with_key(image: Path, out: Path | None, *, key_file: Path | None = None,
                      passphrase_file: Path | None = None, header: Path | None = None,
                      overwrite: bool = False,
-                     progress: Callable[[int, int], None] | None = None) -> dict:
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """:func:`recover` with the key as the user holds it (a key file or a passphrase file),
     trying each passphrase that form can stand for.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from byok.common.errors import HeaderCorrupt
 from byok.luks.header import Digest, LuksHeader, ReencryptSlot, Segment
@@ -63,8 +64,8 @@ class State:
     def mode(self) -> str | None:
         return self.slot.mode if self.slot else None
 
-    def describe(self) -> dict:
-        out: dict = {"status": self.status}
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status}
         if self.slot is not None:
             out |= {"requirement_version": self.version, "mode": self.slot.mode,
                     "direction": self.slot.direction, "resilience": self.slot.resilience,
@@ -155,13 +156,13 @@ def extents(state: State, device_size: int) -> list[Extent]:
 
 # --- the reencrypt digest (luks2_reencrypt_digest.c) -----------------------------------------
 
-def _u64(v) -> bytes:
+def _u64(v: int | str) -> bytes:
     return struct.pack(">Q", int(v))
 
 
-def _segment_bytes(seg: dict) -> bytes:
+def _segment_bytes(seg: dict[str, Any]) -> bytes:
     kind = seg["type"]
-    out = kind.encode()
+    out: bytes = kind.encode()
     out += _u64(seg["offset"])
     out += b"dynamic" if seg["size"] == "dynamic" else _u64(seg["size"])
     if kind == "crypt":
@@ -170,10 +171,10 @@ def _segment_bytes(seg: dict) -> bytes:
     return out
 
 
-def _keyslot_bytes(k: dict) -> bytes:
+def _keyslot_bytes(k: dict[str, Any]) -> bytes:
     area = k["area"]
     t = area["type"]
-    out = k["mode"].encode() + k["direction"].encode() + t.encode()
+    out: bytes = k["mode"].encode() + k["direction"].encode() + t.encode()
     out += _u64(area["offset"]) + _u64(area["size"])
     if t in ("checksum", "datashift-checksum"):
         out += area["hash"].encode() + struct.pack(">I", int(area["sector_size"]))
@@ -197,6 +198,8 @@ def verification_data(h: LuksHeader, state: State, vk_old: bytes | None,
         if vk_new is None:
             raise KeyError("new volume key")
         out += vk_new
+    if state.slot is None:
+        raise KeyError("reencrypt keyslot")
     out += _keyslot_bytes(meta["keyslots"][str(state.slot.slot)])
     for seg in (state.previous, state.final, state.moved):
         if seg is not None:

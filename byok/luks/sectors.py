@@ -16,13 +16,14 @@ implemented in byok; everything is checked against ``cryptography``.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from byok.common.errors import RecoveryError
 
 
-def _native():
+def _native() -> Any:
     try:
         from byok import _xtsfast  # type: ignore[attr-defined]
     except ImportError:

@@ -17,6 +17,7 @@ second deployment with another castellan backend on the same broker (own control
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -193,7 +194,7 @@ class CinderServices:
             admin = self._admin_api()
             for name, d in daemons.items():
                 if d in started:
-                    d.wait_ready(lambda n=name: self._service_up(admin, n),
+                    d.wait_ready(functools.partial(self._service_up, admin, name),
                                  timeout=START_TIMEOUT, what="up in Cinder's os-services")
             admin.ensure_luks_type()
         except BaseException:
@@ -274,7 +275,9 @@ class CinderServices:
     # -- down, status ------------------------------------------------------------------------
     def down(self, *, broker: bool = True) -> dict[str, bool]:
         out = {}
-        for d in (self.api(), *(self.daemon(s) for s in ("volume", "backup", "scheduler"))):
+        procs: list[Server | Daemon] = [self.api(), *(self.daemon(s) for s in
+                                                       ("volume", "backup", "scheduler"))]
+        for d in procs:
             out[d.spec.name] = d.stop()
         if broker:
             out["rabbitmq"] = self.broker.stop()

@@ -128,6 +128,51 @@ def test_service_uses_key_only_for_bound_volume_and_only_with_acl(identities, ma
         guard.resolve_for_volume(ref, service_identity=cinder, volume_id="vol-a")
 
 
+def test_a_consumer_the_service_posts_itself_is_refused_once_its_own_record_decides(
+    identities, make_key, barbican
+):
+    """Issue 17 (E17): Barbican lets an ACL reader register a consumer, so the cinder user can
+    forge the consumer-only proof for a volume alice never bound; the record check refuses it
+    before any payload is read, and still serves the volume alice did bind."""
+    ref, raw = make_key("alice")
+    cinder = identities("cinder")
+    guard.bind(ref, user=identities("alice"), volume_id="vol-real")
+    barbican("alice").set_acl(ref, users=[cinder.user_id()], project_access=True)
+    barbican("cinder").add_consumer(ref, "cinder", "volume", "vol-forged")  # no error: allowed
+    assert "vol-forged" in [c["resource_id"] for c in barbican("alice").consumers(ref)]
+    forged = guard.resolve_for_volume(ref, service_identity=cinder, volume_id="vol-forged")
+    assert forged.payload.reveal() == raw  # the consumer-only rule is fooled
+    records = {"vol-real": guard.Binding("vol-real", ref.secret_id)}
+    with pytest.raises(KeyAccessDenied, match="no record binding volume vol-forged"):
+        guard.resolve_recorded(ref, service_identity=cinder, volume_id="vol-forged",
+                               binding=records.get("vol-forged"))
+    got = guard.resolve_recorded(ref, service_identity=cinder, volume_id="vol-real",
+                                 binding=records["vol-real"])
+    assert got.payload.reveal() == raw
+    other, _ = make_key("alice")
+    with pytest.raises(KeyAccessDenied, match="recorded with key"):
+        guard.resolve_recorded(other, service_identity=cinder, volume_id="vol-real",
+                               binding=records["vol-real"])
+
+
+def test_a_project_member_rewrites_the_owner_mark_but_the_record_decides_deletion(
+    km, identities, make_key, barbican
+):
+    """Issue 17 (E17): carol (alice's project) sets byok's service-owner mark on alice's
+    non-private key; the castellan backend, which has only the mark, now takes it for a service
+    key, while the record-based decision still keeps it."""
+    ref, _ = make_key("alice")
+    assert km.is_user_owned(identities("alice").castellan_context(), ref.secret_id)
+    barbican("carol").set_metadata(ref, {"byok-owner": "service"})
+    assert not km.is_user_owned(identities("alice").castellan_context(), ref.secret_id)
+    assert not guard.may_delete(ref, guard.Binding("vol-1", ref.secret_id, owner="user"))
+    assert guard.may_delete(ref, guard.Binding("vol-1", ref.secret_id, owner="service"))
+    private, _ = make_key("alice")
+    barbican("alice").set_acl(private, users=[], project_access=False)
+    with pytest.raises(KeyAccessDenied):
+        barbican("carol").set_metadata(private, {"byok-owner": "service"})
+
+
 def test_acl_read_is_an_ownership_probe(identities, make_key, barbican):
     ref, _ = make_key("alice")
     barbican("alice").set_acl(ref, users=[identities("bob").user_id()], project_access=True)

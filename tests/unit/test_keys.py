@@ -113,3 +113,35 @@ def test_sensitive_never_shows_bytes():
         import pickle
 
         pickle.dumps(s)
+
+
+# --- the service's record decides (issue 17): check_binding, may_delete ----------------------
+
+KEY = "11111111-2222-4333-8444-555555555555"
+OTHER = "99999999-2222-4333-8444-555555555555"
+
+
+def test_check_binding_accepts_only_the_recorded_key_of_the_recorded_volume():
+    from byok.common.errors import KeyAccessDenied
+    from byok.keys import guard
+
+    rec = guard.Binding("vol-1", KEY)
+    guard.check_binding(KeyRef(KEY), rec, volume_id="vol-1")
+    guard.check_binding(KEY, rec, volume_id="vol-1")  # a bare UUID string too
+    for ref, binding, volume, why in (
+        (KEY, None, "vol-1", "no record"),
+        (KEY, rec, "vol-2", "no record"),
+        (OTHER, rec, "vol-1", "recorded with key"),
+        (KEY, guard.Binding("vol-1", KEY, resource_type="backup"), "vol-1", "no record"),
+    ):
+        with pytest.raises(KeyAccessDenied, match=why):
+            guard.check_binding(ref, binding, volume_id=volume)
+
+
+def test_may_delete_follows_the_record_never_a_mark():
+    from byok.keys import guard
+
+    assert guard.may_delete(KEY, guard.Binding("v", KEY, owner="service"))
+    assert not guard.may_delete(KEY, guard.Binding("v", KEY, owner="user"))
+    assert not guard.may_delete(KEY, guard.Binding("v", OTHER, owner="service"))
+    assert not guard.may_delete(KEY, None)

@@ -15,6 +15,7 @@ from byok.keys import resolver as keys
 from byok.keys.barbican import BarbicanAPI
 from byok.keys.identity import Identity
 from byok.keys.ref import KeyRef
+from byok.keys.ref import parse as parse_ref
 
 
 class KeyVerbs(VerbBase):
@@ -46,7 +47,8 @@ class KeyVerbs(VerbBase):
 
     def delete_key(self, ref: KeyRef | str, *, user: str = "alice", force: bool = False) -> None:
         """``user`` deletes the secret; ``force`` deletes it even while it has consumers."""
-        self.barbican(user).delete(ref, force=force)
+        self.barbican(user).delete(ref if isinstance(ref, KeyRef) else parse_ref(ref),
+                                   force=force)
 
     def resolver(self, user: str = "alice", *, identity: Identity | None = None,
                  endpoint: str | None = None, deadline: float | None = None) -> keys.Resolver:
@@ -87,6 +89,57 @@ class KeyVerbs(VerbBase):
         return guard.resolve_for_volume(ref, service_identity=self.user(as_user),
                                         volume_id=volume_id, service=service,
                                         endpoint=self.env.barbican_url)
+
+    def resolve_recorded(self, ref: KeyRef | str, volume_id: str,
+                         binding: guard.Binding | None, *, as_user: str = "cinder"
+                         ) -> keys.KeyMaterial:
+        """Step 2 as Cinder's patch does it: the service's own record (``binding``) must name
+        ``ref`` for ``volume_id`` before any payload is read; the consumer stays necessary."""
+        return guard.resolve_recorded(ref, service_identity=self.user(as_user),
+                                      volume_id=volume_id, binding=binding,
+                                      endpoint=self.env.barbican_url)
+
+    def volume_binding(self, svc: Any, volume_id: str) -> guard.Binding | None:
+        """The volume service's row for ``volume_id`` as a guard Binding (Cinder's
+        ``encryption_key_id`` + ``encryption_key_owner`` in miniature); None: no such row."""
+        from byok.common.errors import VolumeNotFound
+        from byok.keys import ref as keyref
+
+        try:
+            rec = svc.pool.load(volume_id)
+        except VolumeNotFound:
+            return None
+        key_id = keyref.parse(rec.key_ref, allowed_endpoints=[self.env.barbican_url]).secret_id
+        return guard.Binding(rec.id, key_id, owner=rec.key_owner, resource_type=rec.kind)
+
+    def may_delete(self, ref: KeyRef | str, binding: guard.Binding | None) -> bool:
+        """Would the service delete ``ref`` with its volume? Decided from its record only."""
+        return guard.may_delete(ref, binding)
+
+    def barbican_status(self, user: str, method: str, path: str,
+                        body: dict[str, Any] | None = None) -> int:
+        """The HTTP status Barbican answers ``user`` for ``method path`` (``path`` below the
+        endpoint, e.g. ``/v1/secrets/<id>/consumers``), sent as a client sends it: for
+        measuring what the policy admits, not for using the answer."""
+        from byok.keys.barbican import MICROVERSION
+
+        url = self.env.barbican_url.rstrip("/") + path
+        headers = {"OpenStack-API-Version": f"key-manager {MICROVERSION}"}
+        r = self.user(user).session.request(url, method, json=body, headers=headers,
+                                            raise_exc=False)
+        return r.status_code
+
+    def owner_mark(self, owner: str = "service") -> dict[str, Any]:
+        """The metadata body of byok's ownership mark (what a forger would PUT)."""
+        from byok.key_manager.byok_key_manager import OWNER_KEY, OWNER_SERVICE
+
+        return {"metadata": {OWNER_KEY: OWNER_SERVICE if owner == "service" else owner}}
+
+    def backend_says_user_owned(self, ref: KeyRef | str, user: str = "alice") -> bool:
+        """Does castellan's ``byok`` backend (mark-based) take ``ref`` for a user-owned key?"""
+        km = self.key_manager("byok")
+        secret_id = ref.secret_id if isinstance(ref, KeyRef) else str(ref)
+        return km.is_user_owned(self.user(user).castellan_context(), secret_id)
 
     def owns_key(self, ref: KeyRef | str, user: str) -> bool:
         """Does ``ref`` belong to ``user``'s project (the guard's ACL-read ownership probe)?"""

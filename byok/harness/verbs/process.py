@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from byok.common import proc
 from byok.common.errors import ExperimentError
@@ -39,7 +40,7 @@ class Wiped:
     """The deployment's Barbican while :meth:`ProcessVerbs.barbican_wiped` holds it away."""
 
     db: Path
-    stack: object
+    stack: Any  # byok.stack.manager.Stack (the harness sits above the stack layer)
 
     def gone(self) -> bool:
         """No Barbican server runs and its database is not where it was."""
@@ -78,7 +79,7 @@ class ProcessVerbs(VerbBase):
                          what=f"byok {' '.join(args[:3])} (crash at {at})")
             return Killed(r.returncode, r.err)
         p = proc.start(argv, env=self._cli_env(None))  # its own process group
-        time.sleep(after)
+        time.sleep(after or 0.0)
         proc.kill_group(p)
         _, err = p.communicate()
         return Killed(p.returncode, err.decode(errors="replace"))
