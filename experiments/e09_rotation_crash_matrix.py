@@ -6,8 +6,9 @@ escrow, add-escrow, rekey-clone, clone, snapshot, backup, restore, create from i
 raw, delete, and the castellan backend's consumer bookkeeping) at every counted call, and
 checks the next call leaves the old or the new key opening the exact plaintext with record,
 disk and Barbican agreeing: ``byok bench crash-lifecycle``, archived as LIFECYCLE_EVIDENCE and
-cited in what this experiment records (rotation and re-encryption themselves are enumerated at
-every call by tests/reliability/test_byok_op_enumeration.py).
+cited in what this experiment records, with the same file's full run of rotation, re-encryption
+and header restore at every write-type call (tests/reliability/test_byok_op_enumeration.py,
+BYOK_CRASH_FULL=1).
 """
 
 import random
@@ -84,9 +85,17 @@ def cite_exhaustive(ctx) -> None:
     ctx.measure("exhaustive_lifecycle_states_with_a_problem", ev["problems"], "states",
                 note="a loss, a wrong byte, a dangling or missing consumer, record and disk "
                 "disagreeing")
+    if "rotation_tried" in ev:
+        ctx.measure("exhaustive_rotation_states_tried", ev["rotation_tried"], "states",
+                    note=f"{ev['path']}: rotate, reencrypt and header-restore killed at every "
+                    "write-type call, 0 with a problem")
+        for op, n in sorted(ev["rotation_tried_per_operation"].items()):
+            ctx.measure(f"exhaustive_rotation_tried:{op}", n, "states")
     for op, n in sorted(ev["tried_per_operation"].items()):
         ctx.measure(f"exhaustive_lifecycle_tried:{op}", n, "states",
                     note=f"{ev['problems_per_operation'][op]} with a problem")
     ctx.note(f"Exhaustive crash enumeration (archived, {ev['path']}): {ev['tried']} crash "
              f"states over every lifecycle operation and the castellan consumer bookkeeping, "
-             f"{ev['problems']} with a problem.")
+             f"{ev['problems']} with a problem"
+             + (f"; and {ev['rotation_tried']} states of rotate, reencrypt and header-restore "
+                "at every write-type call, all passed." if "rotation_tried" in ev else "."))

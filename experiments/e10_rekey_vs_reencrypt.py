@@ -68,6 +68,11 @@ def _cite_exhaustive_lifecycle(ctx) -> None:
     ctx.measure("exhaustive_lifecycle_states_tried", ev["tried"], "states",
                 note=f"{ev['path']} (byok bench crash-lifecycle, {ev['started']})")
     ctx.measure("exhaustive_lifecycle_states_with_a_problem", ev["problems"], "states")
+    if "rotation_tried" in ev:
+        for op, n in sorted(ev["rotation_tried_per_operation"].items()):
+            ctx.measure(f"exhaustive_rotation_tried:{op}", n, "states",
+                        note=f"{ev['path']}: byok's own {op} at every write-type call, 0 with "
+                        "a problem")
     for op in ("rekey-clone", "add-escrow", "delete", "castellan-delete"):
         if op in per:
             ctx.measure(f"exhaustive_lifecycle_tried:{op}", per[op], "states",

@@ -38,3 +38,16 @@ def test_e09_and_e10_cite_one_complete_archived_run_with_no_problem():
     assert doc["totals"]["problems"] == 0
     ev = VerbBase().lifecycle_crash_evidence(name)
     assert ev["tried"] == doc["totals"]["tried"] and ev["problems"] == 0
+
+
+def test_the_archive_holds_a_passed_full_run_of_rotation_reencryption_and_header_restore():
+    rot = VerbBase().archived_evidence(_cited("e09"))["rotation-enumeration"]
+    assert rot["exitstatus"] == 0 and rot["target_met"]
+    got = {(op, v) for op, vs in rot["operations"].items() for v in vs}
+    assert got == {("reencrypt", "tree"), ("reencrypt", "cryptsetup"), ("reencrypt", "torn"),
+                   ("rotate", "tree"), ("header-restore", "tree")}
+    for op, vs in rot["operations"].items():
+        for v, rec in vs.items():
+            assert sum(rec["outcomes"].values()) == rec["tried"] > 0, (op, v)
+            if v != "torn":  # every write-type call was a crash state
+                assert rec["tried"] == rec["calls"], (op, v)
