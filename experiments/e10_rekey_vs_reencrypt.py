@@ -1,7 +1,15 @@
 """E10 — keyslot rekey vs full re-encryption: time vs size, what each revokes, and whether an
-interrupted re-encryption can always be finished (H6)."""
+interrupted re-encryption can always be finished (H6).
+
+Beside its own exhaustive kill of cryptsetup's re-encryption, it records the archived
+exhaustive enumeration of every other writing lifecycle operation (``byok bench
+crash-lifecycle``, LIFECYCLE_EVIDENCE): the rekey-clone, escrow and delete paths a rotation
+policy builds on, each killed at every counted call.
+"""
 
 from byok.harness import crashenum, experiment
+
+LIFECYCLE_EVIDENCE = "bench-crash-lifecycle-20261202.json"
 
 
 @experiment(
@@ -51,6 +59,24 @@ def run(ctx):
     ctx.check("re-encryption time grows with size", reenc_t[big] > 2 * reenc_t[small])
 
     _interrupted_reencryptions(ctx, svc)
+    _cite_exhaustive_lifecycle(ctx)
+
+
+def _cite_exhaustive_lifecycle(ctx) -> None:
+    ev = ctx.lifecycle_crash_evidence(LIFECYCLE_EVIDENCE)
+    per = ev["tried_per_operation"]
+    ctx.measure("exhaustive_lifecycle_states_tried", ev["tried"], "states",
+                note=f"{ev['path']} (byok bench crash-lifecycle, {ev['started']})")
+    ctx.measure("exhaustive_lifecycle_states_with_a_problem", ev["problems"], "states")
+    if "rotation_tried" in ev:
+        for op, n in sorted(ev["rotation_tried_per_operation"].items()):
+            ctx.measure(f"exhaustive_rotation_tried:{op}", n, "states",
+                        note=f"{ev['path']}: byok's own {op} at every write-type call, 0 with "
+                        "a problem")
+    for op in ("rekey-clone", "add-escrow", "delete", "castellan-delete"):
+        if op in per:
+            ctx.measure(f"exhaustive_lifecycle_tried:{op}", per[op], "states",
+                        note=f"{ev['problems_per_operation'][op]} with a problem")
 
 
 def _interrupted_reencryptions(ctx, svc) -> None:

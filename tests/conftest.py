@@ -6,10 +6,12 @@ same state dir) and stops it at the end only if this session started it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -335,6 +337,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("byok reliability counts")
     for name in sorted(COUNTS):
         terminalreporter.write_line(f"{name:>40}: {COUNTS[name]}")
+    if out := os.environ.get("BYOK_COUNTS_OUT"):  # a full run's counts, to archive as JSON
+        Path(out).write_text(json.dumps({"exitstatus": int(exitstatus),
+                                         "counts": dict(sorted(COUNTS.items()))}, indent=2))
 
 
 def _guest_table(terminalreporter) -> None:

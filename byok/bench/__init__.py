@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "crash", "powerloss", "cinder",
-           "suite")
+BENCHES = ("resolve", "attach", "parallel", "recover", "rekey", "crash", "crash-lifecycle",
+           "powerloss", "cinder", "suite")
 
 
 def run(wanted: tuple[str, ...], identity: Any, stack: Any, *, n: int = 30,
@@ -23,6 +23,7 @@ def run(wanted: tuple[str, ...], identity: Any, stack: Any, *, n: int = 30,
         attach,
         cinder,
         crash,
+        crashlife,
         parallel,
         powerloss,
         recover,
@@ -39,6 +40,8 @@ def run(wanted: tuple[str, ...], identity: Any, stack: Any, *, n: int = 30,
         "recover": recover.run,
         "rekey": rekey.run,
         "crash": crash.run,
+        "crash-lifecycle": lambda: crashlife.run(stack, progress=say) if stack else {
+            "skipped": "needs the embedded stack"},
         "powerloss": powerloss.run,
         "cinder": lambda: cinder.run(stack, n=min(n, 10), progress=say),  # ~20 s a round
         "suite": lambda: suite.run(stack) if stack else {"skipped": "needs the embedded stack"},

@@ -73,6 +73,10 @@ def register(sub, fmt) -> None:
     c.add_argument("--key-ref", required=True)
     cmd("delete", "delete a volume/snapshot/backup/image (never the key)", _delete,
         json_flag=False)
+    cmd("add-escrow", "give VOL an escrow keyslot (a deployment key, service project)",
+        _add_escrow)
+    cmd("repair", "settle what a killed byok left half done (every mutating command does "
+        "this first)", _repair, target=None, json_flag=False)
     c = cmd("rotate", "move VOL to another user key (journaled, crash-safe)", _rotate)
     c.add_argument("--key-ref", help="the new key (not needed with --resume)")
     c.add_argument("--resume", action="store_true", help="only finish an interrupted rotation")
@@ -148,6 +152,19 @@ def _image_from_raw(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     _service(args).delete(args.target)
     out.print(f"deleted {args.target} (the key stays in Barbican)")
+    return 0
+
+
+def _add_escrow(args: argparse.Namespace) -> int:
+    return _print(_service(args).add_escrow(args.target), args.json)
+
+
+def _repair(args: argparse.Namespace) -> int:
+    done = _service(args).resume_interrupted(strict=True)
+    for line in done:
+        out.print(line)
+    if not done:
+        out.print("nothing was left half done")
     return 0
 
 

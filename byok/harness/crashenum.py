@@ -202,13 +202,22 @@ def injector(workdir: Path) -> Path:
 
 
 def fault_env(workdir: Path, at: int, *, exe: str | None = None, torn: int | None = None,
-              group: bool = False, writes_only: bool = False,
-              log: bool = False) -> dict[str, str]:
-    """Environment that loads the injector: fail call number ``at`` (0: only count)."""
+              group: bool = False, writes_only: bool = False, log: bool = False,
+              tree: bool = False, wide: bool = False) -> dict[str, str]:
+    """Environment that loads the injector: fail call number ``at`` (0: only count).
+    ``group``: kill the faulting process's group; ``tree``: the whole tree the harness started
+    (in its own session), across the sessions byok gives its children; ``wide``: count every
+    state-changing call and each send, not only write/fsync/rename (``BYOK_FAULT_ALL``)."""
     counter = workdir / "fault.counter"
     counter.unlink(missing_ok=True)
     env = {"LD_PRELOAD": str(injector(workdir)), "BYOK_FAULT_COUNTER": str(counter),
            "BYOK_FAULT_AT": str(at)}
+    if tree:
+        root = workdir / "fault.root"
+        root.unlink(missing_ok=True)
+        env |= {"BYOK_FAULT_KILL": "tree", "BYOK_FAULT_ROOT": str(root)}
+    if wide:
+        env["BYOK_FAULT_ALL"] = "1"
     if log:
         (workdir / "fault.log").unlink(missing_ok=True)
         env["BYOK_FAULT_LOG"] = str(workdir / "fault.log")

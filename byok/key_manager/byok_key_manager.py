@@ -293,9 +293,12 @@ class ByokKeyManager(barbican_key_manager.BarbicanKeyManager):
         if volume:
             try:
                 self.remove_consumer(context, managed_object_id, self._consumer(volume))
-            except cexc.CastellanException as e:  # not registered, or already gone: nothing to do
-                LOG.warning("byok: could not remove consumer of volume %s from %s: %s",
-                            volume, managed_object_id, e)
+            except cexc.ManagedObjectNotFoundError:  # not registered, or already gone: done
+                LOG.info("byok: volume %s was no consumer of %s (any more)", volume,
+                         managed_object_id)
+            # Anything else (Barbican down, a 5xx) propagates: had delete returned, the caller
+            # would forget the volume and its consumer would dangle for good; failing, the
+            # caller's retry of delete removes it.
         LOG.info("byok: not deleting user-owned key %s (volume %s released it)",
                  managed_object_id, volume or "unknown")
         return None

@@ -84,6 +84,8 @@ class RotationService(Protocol):
 
     def drop_escrow_secret(self, escrow_ref: str) -> None: ...
 
+    def resume_interrupted(self, *, strict: bool = False) -> list[str]: ...
+
     def _bind(self, ref: KeyRef | str, rid: str, kind: str) -> SecretInfo: ...
 
     def _release(self, rec: VolumeRecord) -> None: ...
@@ -132,6 +134,7 @@ def rotate(svc: RotationService, rid: str, new_key_ref: str, *, policy: str | No
            resume_only: bool = False):
     """Rotate ``rid`` to ``new_key_ref`` (or finish an interrupted rotation first)."""
     pool = svc.pool
+    svc.resume_interrupted()  # e.g. a killed deletion of rid: finished, not rotated
     if reencrypt_journal_for(svc, rid).read() is not None:
         # An interrupted re-encryption owns the volume: finish it (it includes a rotation).
         rec, _ = reencrypt(svc, rid, resume_only=True)
@@ -371,6 +374,7 @@ def reencrypt(svc: RotationService, rid: str, new_key_ref: str | None = None, *,
     Returns ``(record, seconds of re-encryption)``.
     """
     pool = svc.pool
+    svc.resume_interrupted()
     with pool.lock(rid, shared=False, wait=1.0):
         journal = reencrypt_journal_for(svc, rid)
         doc = journal.read()

@@ -19,11 +19,20 @@ files, rotation journals and header backups. What differs from Cinder today:
 * **escrow** (optional): a second keyslot opened by a deployment secret the service stores in
   its own project, so either party can recover the data.
 
-Every operation leaves the pool as it was if it fails (no half-made records, no stray files).
+Every operation leaves the pool as it was if it fails (no half-made records, no stray files) —
+also when the process is killed: each operation that makes or removes a resource, or adds an
+escrow keyslot, first writes an **intent** (``journal/<id>.create|delete|escrow.json``,
+atomically) under the resource's exclusive lock. A creation whose record was never saved is
+rolled back (consumer, escrow secret, files), a deletion is finished, an escrow addition is
+settled from what opens the header; :meth:`VolumeService.resume_interrupted` does it, and every
+mutating operation calls it first ("the next call repairs"). A copy rekeyed to another key
+changes its keyslot before its record exists, so it never appears under the source's key.
+Why, and the crash enumeration behind it: design/notes/lifecycle.md ("Crashes everywhere").
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import fcntl
@@ -40,6 +49,7 @@ from pathlib import Path
 from byok.common import paths, proc, sparse
 from byok.common.errors import (
     ByokError,
+    KeyAccessDenied,
     KeyNotFound,
     VolumeBusy,
     VolumeError,
@@ -53,11 +63,15 @@ from byok.keys.barbican import DEFAULT_DEADLINE
 from byok.keys.identity import Identity
 from byok.keys.ref import KeyRef
 from byok.keys.resolver import KeyMaterial, Resolver
+from byok.lifecycle.rotation import Journal
 from byok.luks import cryptsetup as luks
+from byok.luks import sealed
 
 LOG = logging.getLogger(__name__)
 
 KINDS = ("volume", "snapshot", "backup", "image")
+INTENTS = ("create", "delete", "escrow")
+ESCROW_NAME = "byok-escrow-{rid}"
 
 
 @dataclass
@@ -94,7 +108,7 @@ class Pool:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or paths.pool_dir()).resolve()
-        for sub in ("records", "data", "locks", "journal", "headers"):
+        for sub in ("records", "data", "locks", "journal", "headers", "staging"):
             paths.private_dir(self.root / sub)
         self._global = threading.Lock()
 
@@ -125,6 +139,30 @@ class Pool:
             if kind is None or rec.kind == kind:
                 out.append(rec)
         return out
+
+    def staging(self, rid: str) -> Path:
+        """A private work directory of one creation (cryptsetup's temporary header lands here
+        if it is killed); removed with the creation, whether it finished or not."""
+        return self.root / "staging" / rid
+
+    def intent(self, rid: str, op: str) -> Journal:
+        """The intent of an operation on ``rid`` that a crash must not leave half done."""
+        return Journal(self.root / "journal" / f"{rid}.{op}.json")
+
+    def intents(self) -> builtins.list[tuple[str, str]]:
+        """(resource id, operation) of every intent present, oldest name first."""
+        out = []
+        for f in sorted((self.root / "journal").glob("*.json")):
+            rid, _, op = f.name.removesuffix(".json").rpartition(".")
+            if op in INTENTS:
+                out.append((rid, op))
+        return out
+
+    def leftovers(self) -> builtins.list[Path]:
+        """Temporary files of atomic writes (records, journals) whose rename never came: each
+        is written under its resource's lock, so one found under that lock is an orphan."""
+        return sorted([*(self.root / "records").glob("*.tmp"),
+                       *(self.root / "journal").glob("*.tmp")])
 
     def header_backup_path(self, rid: str, suffix: str = "") -> Path:
         """A new header backup name; UTC stamps, so names sort by time."""
@@ -204,6 +242,19 @@ class VolumeService:
                           service=self.service_name, endpoint=self.endpoint,
                           resource_type=rec.kind, deadline=self.deadline)
 
+    def _release_or_raise(self, key_ref: str, rid: str, kind: str) -> None:
+        """Remove the consumer ``(service, kind, rid)`` from ``key_ref``. Gone already (or the
+        key gone) is success; a refusal is logged (the user's token can no longer see the key,
+        so nothing byok does later could remove it); an outage raises, so the intent that
+        called this stays and the next call tries again."""
+        try:
+            guard.release(key_ref, identity=self.user, volume_id=rid, service=self.service_name,
+                          endpoint=self.endpoint, resource_type=kind, deadline=self.deadline)
+        except KeyNotFound:
+            pass
+        except KeyAccessDenied as e:
+            LOG.warning("consumer %s/%s of %s not removed: %s", kind, rid, key_ref, e.message)
+
     def key(self, ref: KeyRef | str) -> KeyMaterial:
         return self.resolver.resolve(ref)
 
@@ -234,18 +285,175 @@ class VolumeService:
         )
 
     @contextlib.contextmanager
-    def _creating(self, rec: VolumeRecord, bind_ref: str) -> Iterator[None]:
-        """Bind the key, yield for the file work, save the record; undo everything on failure."""
-        self._bind(bind_ref, rec.id, rec.kind)
+    def _creating(self, rec: VolumeRecord, bind_ref: str, *, escrow: bool = False
+                  ) -> Iterator[None]:
+        """Make ``rec`` all or nothing: under its exclusive lock, write the intent, bind the
+        key, yield for the file work, save the record, drop the intent. A failure undoes it
+        here; a kill leaves the intent, and :meth:`resume_interrupted` undoes it."""
+        with self.pool.lock(rec.id, shared=False):
+            intent = self.pool.intent(rec.id, "create")
+            doc = {"op": "create", "kind": rec.kind, "key_ref": bind_ref, "escrow": escrow,
+                   "started": _now()}
+            intent.write(doc)  # first: whatever happens next, the next call knows of it
+            try:
+                self._bind(bind_ref, rec.id, rec.kind)
+                yield
+                if rec.state != "new-blank":
+                    rec.luks_uuid = luks.dump(self.pool.path(rec.id)).uuid
+                self.pool.save(rec)
+            except BaseException:
+                try:
+                    self._settle_create(rec.id, doc, failed=True)
+                except ByokError as e:  # the intent stays: the next call finishes the undo
+                    LOG.warning("undoing the creation of %s is incomplete: %s", rec.id, e)
+                raise
+            intent.clear()
+
+    # -- crash recovery ----------------------------------------------------------------------
+    def resume_interrupted(self, *, strict: bool = False) -> list[str]:
+        """Settle what a killed byok left half done, one intent at a time, each under its
+        resource's exclusive lock (a live operation holds it: skipped): a creation without a
+        record is rolled back (consumer released, escrow secret deleted, files removed), one
+        with a record only loses its intent; a deletion is finished; an escrow addition keeps
+        the escrow key that opens the volume and drops any other. Every step is idempotent, so
+        a crash in here is resumed the same way. Returns what was done; a step that fails (an
+        outage) leaves its intent for the next call (``strict``: raises)."""
+        done = []
+        for tmp in self.pool.leftovers():
+            rid = tmp.name.split(".", 1)[0]
+            if not rid:  # not one of write_private's <rid>.<...>.tmp
+                continue
+            with contextlib.ExitStack() as held:
+                try:
+                    held.enter_context(self.pool.lock(rid, shared=False, wait=0))
+                except VolumeBusy:
+                    continue
+                # Its writer is gone (we hold the lock it wrote under): the rename that would
+                # have published it never happened, and the file it would have replaced is
+                # intact.
+                tmp.unlink(missing_ok=True)
+                done.append(f"temp file {tmp.name}: removed")
+        for rid, op in self.pool.intents():
+            with contextlib.ExitStack() as held:
+                try:
+                    held.enter_context(self.pool.lock(rid, shared=False, wait=0))
+                except VolumeBusy:
+                    continue  # its operation is still running
+                intent = self.pool.intent(rid, op)
+                doc = intent.read()
+                if doc is None:
+                    continue  # finished while we waited
+                settle = {"create": self._settle_create, "delete": self._settle_delete,
+                          "escrow": self._settle_escrow}[op]
+                try:
+                    done.append(f"{op} {rid}: {settle(rid, doc)}")
+                except ByokError as e:
+                    if strict:
+                        raise
+                    LOG.warning("interrupted %s of %s not settled yet: %s", op, rid, e)
+        return done
+
+    def _settle_create(self, rid: str, doc: dict, *, failed: bool = False) -> str:
+        intent = self.pool.intent(rid, "create")
+        if not failed and self.pool.record_file(rid).exists():
+            # The record is saved last: the creation finished, only the intent was left.
+            self._clear_staging(rid)
+            intent.clear()
+            return "completed"
+        self.pool.record_file(rid).unlink(missing_ok=True)
+        if doc.get("key_ref"):
+            self._release_or_raise(doc["key_ref"], rid, doc.get("kind", "volume"))
+        if doc.get("escrow"):
+            self._drop_escrow_secrets(rid)
+        self.pool.path(rid).unlink(missing_ok=True)
+        self._clear_staging(rid)
+        for hdr in (self.pool.root / "headers").glob(f"{rid}-*"):
+            sealed.shred(hdr)
+        intent.clear()
+        return "rolled back"
+
+    def _settle_delete(self, rid: str, doc: dict) -> str:
+        rec = VolumeRecord.from_json(doc["record"])
+        self.pool.record_file(rid).unlink(missing_ok=True)  # gone from the user's view first
+        self._release_or_raise(rec.key_ref, rid, rec.kind)
+        if rec.escrow_ref:
+            self.drop_escrow_secret(rec.escrow_ref, strict=True)
+        self.pool.path(rid).unlink(missing_ok=True)
+        # Header backups (plain, and a rotation's sealed one) hold keyslots: they go too.
+        for hdr in (self.pool.root / "headers").glob(f"{rid}-*"):
+            sealed.shred(hdr)
+        self.pool.intent(rid, "delete").clear()
+        return "deleted"
+
+    def _settle_escrow(self, rid: str, doc: dict) -> str:
+        """An escrow addition killed half way: keep the escrow key that opens the volume (and
+        record it), wipe the keyslot of and delete every other escrow secret of ``rid``."""
+        intent = self.pool.intent(rid, "escrow")
         try:
-            yield
-            if rec.state != "new-blank":
-                rec.luks_uuid = luks.dump(self.pool.path(rec.id)).uuid
+            rec = self.pool.load(rid)
+        except VolumeNotFound:
+            self._drop_escrow_secrets(rid)
+            intent.clear()
+            return "volume gone; escrow secrets dropped"
+        path = self.pool.path(rid)
+        user_pw = self.passphrase(rec.key_ref)[1]
+        api = self._service_api()
+        found = [KeyRef(d["secret_ref"].rsplit("/", 1)[1], self.endpoint)
+                 for d in api.list_secrets(name=ESCROW_NAME.format(rid=rid))]
+        keep = rec.escrow_ref
+        if keep is None:
+            for ref in found:
+                if self._escrow_slot(path, ref) is not None:
+                    keep = ref.href
+                    break
+        for ref in found:
+            if ref.href == keep:
+                continue
+            slot = self._escrow_slot(path, ref)
+            if slot is not None:
+                luks.kill_slot(path, slot, authorising=user_pw)
+            with contextlib.suppress(KeyNotFound):
+                api.delete(ref, force=True)
+        if keep and rec.escrow_ref != keep:
+            rec.escrow_ref = keep
+            rec.history.append({"at": _now(), "op": "escrow keyslot added (resumed)"})
             self.pool.save(rec)
-        except BaseException:
-            self.pool.remove(rec.id)
-            self._release(rec)
-            raise
+        intent.clear()
+        return "escrow kept" if keep else "no escrow"
+
+    def _escrow_slot(self, path: Path, ref: KeyRef) -> int | None:
+        """The keyslot of ``path`` the escrow secret ``ref`` opens, or None."""
+        try:
+            km = self._service_resolver().resolve(ref)
+        except KeyNotFound:
+            return None
+        try:
+            return luks.test_key(path, keys.passphrase(km))
+        except WrongKey:
+            return None
+
+    def _service_resolver(self) -> Resolver:
+        if self.service is None:
+            raise VolumeError("escrow needs the service identity (the deployment's key holder)")
+        return Resolver(self.service, endpoint=self.endpoint)
+
+    def _service_api(self):
+        return self._service_resolver().api
+
+    def _drop_escrow_secrets(self, rid: str) -> None:
+        """Delete every escrow secret made for ``rid`` (found by name: a kill between storing
+        it and recording its reference leaves nothing else to find it by)."""
+        api = self._service_api()
+        for d in api.list_secrets(name=ESCROW_NAME.format(rid=rid)):
+            with contextlib.suppress(KeyNotFound):
+                api.delete(KeyRef(d["secret_ref"].rsplit("/", 1)[1], self.endpoint), force=True)
+
+    def _clear_staging(self, rid: str) -> None:
+        work = self.pool.staging(rid)
+        if work.exists():
+            for f in work.iterdir():
+                sealed.shred(f)  # a killed cryptsetup's temporary header holds keyslots
+            work.rmdir()
 
     # -- create / delete ---------------------------------------------------------------------
     def create(
@@ -263,11 +471,14 @@ class VolumeService:
         """A new volume encrypted with the user's key (or blank, for the hook to format)."""
         if size < (32 << 20):
             raise VolumeError("a volume must be at least 32 MiB (LUKS2 headers take 16 MiB)")
+        if escrow and self.service is None:
+            raise VolumeError("escrow needs the service identity (the deployment's key holder)")
+        self.resume_interrupted()
         km, pw = self.passphrase(key_ref)
         luks_type = luks.PROVIDER_TO_TYPE[provider]
         rec = self._new_record("volume", size, km, name=name, luks_type=luks_type)
         path = self.pool.path(rec.id)
-        with self._creating(rec, km.ref.href):
+        with self._creating(rec, km.ref.href, escrow=escrow and format):
             sparse.create(path, size)
             if format:
                 luks.format(path, pw, luks_type=luks_type, key_bits=rec.key_bits,
@@ -281,23 +492,24 @@ class VolumeService:
         return rec
 
     def delete(self, rid: str) -> None:
-        """Remove the resource and its consumer; the user's key stays in Barbican."""
+        """Remove the resource and its consumer; the user's key stays in Barbican.
+
+        Journaled: the intent (with the record) is written first, then record, consumer,
+        escrow secret, file and header backups go; a kill is finished by the next call. A
+        deletion that such a call has just finished is not an error."""
+        if any(line.startswith(f"delete {rid}:") for line in self.resume_interrupted()):
+            return
         with self.pool.lock(rid, shared=False):
             rec = self.pool.load(rid)
             _refuse_if_busy(rec)
-            self._release(rec)
-            if rec.escrow_ref:
-                self.drop_escrow_secret(rec.escrow_ref)
-            self.pool.remove(rid)
-            from byok.luks import sealed
-
-            # Header backups (plain, and a rotation's sealed one) hold keyslots: they go too.
-            for hdr in (self.pool.root / "headers").glob(f"{rid}-*"):
-                sealed.shred(hdr)
+            doc = {"op": "delete", "record": asdict(rec), "started": _now()}
+            self.pool.intent(rid, "delete").write(doc)
+            self._settle_delete(rid, doc)
 
     # -- copies ------------------------------------------------------------------------------
     def _copy(self, src_id: str, kind: str, *, key_ref: str | None = None,
               name: str = "") -> VolumeRecord:
+        self.resume_interrupted()
         with self._reading(src_id):
             src = self.pool.load(src_id)
             # Only a crashed rotation leaves these states behind (a live one holds the
@@ -305,21 +517,43 @@ class VolumeService:
             _refuse_if_busy(src, "nothing was copied")
             if src.state == "new-blank" and kind != "volume":
                 raise VolumeError(f"{src_id} was never formatted; attach it once first")
-            km = self.key(src.key_ref)
+            src_km, src_pw = self.passphrase(src.key_ref)
+            km, pw = src_km, src_pw
+            if key_ref is not None and self.resolver.parse(key_ref) != src_km.ref:
+                if src.state == "new-blank":
+                    raise VolumeError(f"{src_id} has never been formatted: there is no keyslot "
+                                      "to rekey; attach it once first")
+                km, pw = self.passphrase(key_ref)  # the user may use it: checked before any copy
             rec = self._new_record(kind, src.size, km, name=name, luks_type=src.luks_type,
                                    cipher=src.cipher, key_bits=src.key_bits,
                                    source={"kind": src.kind, "id": src.id}, state=src.state)
             rec.escrow_ref = None
+            path = self.pool.path(rec.id)
             with self._creating(rec, km.ref.href):
-                sparse.copy_sparse(self.pool.path(src.id), self.pool.path(rec.id))
+                sparse.copy_sparse(self.pool.path(src.id), path)
                 rec.history.append({"at": _now(), "op": f"{kind} of {src.kind} {src.id}"})
                 if src.escrow_ref:
                     # The copy carries the source's escrow keyslot; wipe it (escrow is per volume).
-                    self._drop_escrow_slot(self.pool.path(rec.id), keys.passphrase(km))
-        if key_ref is not None and self.resolver.parse(key_ref) != km.ref:
-            self.rekey(rec.id, key_ref)
-            rec = self.pool.load(rec.id)
+                    self._drop_escrow_slot(path, src_pw)
+                if km is not src_km:
+                    self._rekey_copy(path, src_pw, km, pw)
+                    rec.history.append({"at": _now(), "op": "rekey", "from": src.key_ref,
+                                        "to": km.ref.href})
         return rec
+
+    @staticmethod
+    def _rekey_copy(path: Path, old_pw: Sensitive, new_km: KeyMaterial, new_pw: Sensitive
+                    ) -> None:
+        """Move a copy that has no record yet to another key: add its keyslot, check it opens,
+        wipe every other (the volume key stays — see design/notes/lifecycle.md). No journal:
+        until the record is saved a crash discards the whole copy."""
+        new_slot = luks.add_key(path, old_pw, new_pw,
+                                policy=luks.policy_for(new_km.info.secret_type))
+        if luks.test_key(path, new_pw) != new_slot:
+            raise VolumeError(f"the new key does not open {path.name} after adding it")
+        for slot in luks.dump(path).active_slots:
+            if slot != new_slot:
+                luks.kill_slot(path, slot, authorising=new_pw)
 
     def clone(self, src_id: str, *, key_ref: str | None = None, name: str = "") -> VolumeRecord:
         """A new volume from ``src_id``: same key (shared) or rekeyed to ``key_ref``."""
@@ -339,6 +573,7 @@ class VolumeService:
     def restore(self, backup_id: str, *, key_ref: str | None = None) -> VolumeRecord:
         """A new volume from a backup. ``key_ref``: a key that opens the backup if the user
         has rotated since (the backup keeps its keyslots of backup time)."""
+        self.resume_interrupted()
         src = self.pool.load(backup_id)
         if src.kind != "backup":
             raise VolumeError(f"{backup_id} is a {src.kind}, not a backup")
@@ -365,14 +600,18 @@ class VolumeService:
                        policy: str | luks.PbkdfPolicy | None = None) -> VolumeRecord:
         """Glance's LUKS case: a LUKS2 image built from a plaintext file, with the user's key,
         without root or device-mapper (cryptsetup reencrypt --encrypt on a file)."""
+        self.resume_interrupted()
         km, pw = self.passphrase(key_ref)
         rec = self._new_record("image", 0, km, name=name or raw.name, luks_type="luks2",
                                source={"kind": "raw", "path": str(raw)})
         with self._creating(rec, km.ref.href):
+            work = paths.private_dir(self.pool.staging(rec.id))
             luks.encrypt_file(raw, self.pool.path(rec.id), pw,
-                              policy=policy or luks.policy_for(km.info.secret_type))
+                              policy=policy or luks.policy_for(km.info.secret_type),
+                              workdir=work)
             rec.size = self.pool.path(rec.id).stat().st_size
             rec.history.append({"at": _now(), "op": f"image from raw {raw}"})
+            self._clear_staging(rec.id)
         return rec
 
     # -- attach ------------------------------------------------------------------------------
@@ -402,30 +641,52 @@ class VolumeService:
         return rotation.rotate(self, rid, new_key_ref, policy=policy)
 
     def add_escrow(self, rid: str) -> VolumeRecord:
-        """Give an existing volume an escrow keyslot (deployment key in the service project)."""
+        """Give an existing volume an escrow keyslot (deployment key in the service project).
+
+        Journaled (intent ``escrow``): a kill between storing the escrow secret, adding its
+        keyslot and saving the record is settled by the next call from what opens the volume;
+        calling this again then adds the escrow if it is still missing."""
+        if self.service is None:
+            raise VolumeError("escrow needs the service identity (the deployment's key holder)")
+        self.resume_interrupted()
         with self.pool.lock(rid, shared=False):
             rec = self.pool.load(rid)
             if rec.escrow_ref:
                 return rec
-            rec.escrow_ref = self._add_escrow(self.pool.path(rid),
-                                              self.passphrase(rec.key_ref)[1], rid)
-            rec.history.append({"at": _now(), "op": "escrow keyslot added"})
-            self.pool.save(rec)
+            _refuse_if_busy(rec, "no escrow was added")
+            if rec.state == "new-blank":
+                raise VolumeError(f"{rid} has never been formatted; attach it once first")
+            intent = self.pool.intent(rid, "escrow")
+            intent.write({"op": "escrow", "started": _now()})
+            try:
+                rec.escrow_ref = self._add_escrow(self.pool.path(rid),
+                                                  self.passphrase(rec.key_ref)[1], rid)
+                rec.history.append({"at": _now(), "op": "escrow keyslot added"})
+                self.pool.save(rec)
+            except BaseException:
+                with contextlib.suppress(ByokError):  # else the intent stays for the next call
+                    self._settle_escrow(rid, {})
+                raise
+            intent.clear()
             return rec
 
     def _add_escrow(self, path: Path, user_pw: Sensitive, rid: str) -> str:
-        if self.service is None:
-            raise VolumeError("escrow needs the service identity (the deployment's key holder)")
-        api = Resolver(self.service, endpoint=self.endpoint).api
+        api = self._service_api()
         escrow = Sensitive(os.urandom(64))
-        ref = api.store(escrow, secret_type="symmetric", name=f"byok-escrow-{rid}",
+        ref = api.store(escrow, secret_type="symmetric", name=ESCROW_NAME.format(rid=rid),
                         algorithm="aes", bit_length=512)
-        api.set_metadata(ref, {"byok-owner": "service", "byok-escrow-for": rid})
+        escrow_pw = keys.passphrase(KeyMaterial(
+            keys.SecretInfo(ref, "symmetric", "aes", 512, None, None, "ACTIVE", None, None,
+                            "application/octet-stream"), escrow))
         try:
-            luks.add_key(path, user_pw, keys.passphrase(KeyMaterial(
-                keys.SecretInfo(ref, "symmetric", "aes", 512, None, None, "ACTIVE", None, None,
-                                "application/octet-stream"), escrow)))
+            api.set_metadata(ref, {"byok-owner": "service", "byok-escrow-for": rid})
+            luks.add_key(path, user_pw, escrow_pw)
         except BaseException:
+            # A cryptsetup killed inside luksAddKey may have committed the keyslot: wipe it
+            # first, and delete the secret only then (if the wipe fails, the secret stays for
+            # resume_interrupted to find by name — else nothing could ever tell the slot).
+            with contextlib.suppress(WrongKey):
+                luks.kill_slot(path, luks.test_key(path, escrow_pw), authorising=user_pw)
             api.delete(ref, force=True)
             raise
         return ref.href
@@ -436,16 +697,22 @@ class VolumeService:
             if slot != keep:
                 luks.kill_slot(path, slot, authorising=user_pw)
 
-    def drop_escrow_secret(self, escrow_ref: str) -> None:
-        """Delete a volume's escrow secret (the deployment's, never the user's); best effort,
-        and only with the service identity that holds it."""
+    def drop_escrow_secret(self, escrow_ref: str, *, strict: bool = False) -> None:
+        """Delete a volume's escrow secret (the deployment's, never the user's); only with the
+        service identity that holds it. Best effort, unless ``strict``: then an outage raises
+        (a deletion's intent keeps it for the next call); gone already is success."""
         if self.service is None:
             LOG.warning("escrow secret %s kept: no service identity to delete it with",
                         escrow_ref)
             return
-        with contextlib.suppress(ByokError):
+        try:
             Resolver(self.service, endpoint=self.endpoint).api.delete(
                 KeyRef(escrow_ref.rsplit("/", 1)[1], self.endpoint), force=True)
+        except KeyNotFound:
+            pass
+        except ByokError:
+            if strict:
+                raise
 
     def escrow_passphrase(self, rec: VolumeRecord) -> Sensitive:
         """The deployment's escrow passphrase of ``rec`` (service identity)."""
@@ -472,6 +739,7 @@ class VolumeService:
         recorded key and carries the volume's LUKS UUID is chosen; an explicit ``backup`` must
         pass the same checks.
         """
+        self.resume_interrupted()
         with self.pool.lock(rid, shared=False):
             rec = self.pool.load(rid)
             _refuse_if_busy(rec, "nothing was written")
@@ -509,4 +777,3 @@ class VolumeService:
         except ByokError as e:
             return e.message
         return None
-

@@ -454,9 +454,13 @@ def encrypt_file(
     policy: str | PbkdfPolicy = "machine-key",
     cipher: str = DEFAULT_CIPHER,
     key_bits: int = 512,
+    workdir: Path | None = None,
     sector_size: int | None = None,
 ) -> LuksInfo:
     """Build a LUKS2 image ``out`` whose plaintext is the file ``raw`` — without root or dm.
+
+    cryptsetup runs in ``workdir`` (default: ``out``'s directory): a run killed early leaves its
+    temporary header (``LUKS2-temp-<uuid>.new``) there, for the caller to remove.
 
     ``cryptsetup reencrypt --encrypt`` converts plaintext in place; it needs spare room for the
     header, so the copy is grown by ``reduce`` bytes first, and afterwards truncated to
@@ -479,7 +483,7 @@ def encrypt_file(
                    "--force-offline-reencrypt", "--reduce-device-size", f"{reduce >> 20}M",
                    "--cipher", cipher, "--key-size", str(key_bits), *sector, *pol.args("luks2"),
                    "--key-file=-", str(out)], what="encrypt image", key=passphrase,
-             cwd=out.parent)  # a killed run leaves its temporary header there, not in cwd
+             cwd=workdir or out.parent)  # a killed run leaves its temporary header there
         info = dump(out)
         os.truncate(out, info.data_offset + size)
         return info
