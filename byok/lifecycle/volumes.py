@@ -1,33 +1,11 @@
-"""The prototype "Cinder side": file-backed volumes whose key is the user's.
+"""The prototype "Cinder side": file-backed volumes whose key is the user's, never Cinder's.
 
-A pool (``.byok/pool`` by default) holds records (``records/<id>.json``) and sparse image files
-(``data/<id>.img``) of four kinds — volume, snapshot, backup, image — plus per-resource lock
-files, rotation journals and header backups. What differs from Cinder today:
-
-* **create** formats with the *user's* key (never a generated one) and records
-  ``key_owner = user``; the key is bound to the new resource through :func:`byok.keys.guard.bind`
-  (user's token; a Barbican consumer ``(cinder, <kind>, <id>)``). ``format=False`` creates a
-  blank volume that the attach hook formats on first attach (Cinder's flow today).
-* **clone / snapshot / backup / upload** copy ciphertext (sparse) and *share* the user's key
-  reference, adding a consumer — nothing is copied in Barbican. A clone may be **rekeyed** to
-  another user key: the clone's keyslot changes, its volume key does not (see
-  design/notes/lifecycle.md for what that means for revocation).
-* **delete** removes the file and this resource's consumer, never the user's key.
-* Copies take a **shared** lock on the source, writers (rotate, delete, header restore) an
-  exclusive one — parallel clones of one source do not serialise (``lock_mode="global"`` is the
-  one-big-lock alternative, for the measurement).
-* **escrow** (optional): a second keyslot opened by a deployment secret the service stores in
-  its own project, so either party can recover the data.
-
-Every operation leaves the pool as it was if it fails (no half-made records, no stray files) —
-also when the process is killed: each operation that makes or removes a resource, or adds an
-escrow keyslot, first writes an **intent** (``journal/<id>.create|delete|escrow.json``,
-atomically) under the resource's exclusive lock. A creation whose record was never saved is
-rolled back (consumer, escrow secret, files), a deletion is finished, an escrow addition is
-settled from what opens the header; :meth:`VolumeService.resume_interrupted` does it, and every
-mutating operation calls it first ("the next call repairs"). A copy rekeyed to another key
-changes its keyslot before its record exists, so it never appears under the source's key.
-Why, and the crash enumeration behind it: design/notes/lifecycle.md ("Crashes everywhere").
+A pool (``.byok/pool``) holds records, sparse images of four kinds (volume, snapshot, backup,
+image), locks, journals and header backups. Create formats with the user's key and binds it (a
+Barbican consumer); copies share the key reference, never a secret; delete releases the consumer
+and never the key. Every operation leaves the pool as it was on failure, and an intent journal
+lets the next call settle one that was killed. Why each rule, and the crash evidence:
+design/notes/lifecycle.md.
 """
 
 from __future__ import annotations
