@@ -69,8 +69,10 @@ def test_every_path_is_refused(who, alices_key, identities, stack, tmp_path):
                     km.delete(ident.castellan_context(), ref.secret_id, force=True)
             else:
                 # byok never deletes a key it cannot vouch is the service's; it only tries to
-                # drop the volume's consumer, which Barbican refuses too (checked below).
-                km.delete(ident.castellan_context(), ref.secret_id, force=True)
+                # drop the volume's consumer, which Barbican refuses (403) — and that refusal
+                # reaches the caller, so it cannot forget a consumer that still exists.
+                with pytest.raises(cexc.KeyManagerError, match="Forbidden"):
+                    km.delete(ident.castellan_context(), ref.secret_id, force=True)
     # The hook and the guard.
     with pytest.raises(KeyAccessDenied):
         AttachHook(ident).prepare(connection_info_for(vol), {"key_ref": ref.href},
