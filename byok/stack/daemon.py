@@ -1,6 +1,6 @@
 """One long-running process byok starts and must be able to stop again, and only that one.
 
-The same record as the stack's gunicorn servers (:mod:`byok.stack.server`): a pidfile with the
+The same record as the stack's gunicorn servers (:mod:`byok.stack.pidrecord`): a pidfile with the
 pid, the kernel start time of that pid and the working directory the process was given (each
 daemon gets a directory of its own), so a stale pidfile never leads to signalling a stranger.
 The process leads its own process group; stopping signals the group (Cinder's volume service
@@ -10,7 +10,6 @@ forks a child per backend, RabbitMQ's script runs Erlang's beam and its helpers)
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from byok.common import paths, proc
 from byok.common.errors import StackError
+from byok.stack.pidrecord import RecordedProcess
 
 
 @dataclass
@@ -35,32 +35,12 @@ class DaemonSpec:
         return self.workdir / self.log_name
 
 
-class Daemon:
+class Daemon(RecordedProcess):
     """Start, stop and inspect one daemon recorded in ``<run_dir>/<name>.pid``."""
 
     def __init__(self, spec: DaemonSpec, run_dir: Path) -> None:
+        super().__init__(spec.name, run_dir, spec.workdir, spec.log)
         self.spec = spec
-        self.pidfile = run_dir / f"{spec.name}.pid"
-
-    def record(self) -> dict | None:
-        try:
-            return json.loads(self.pidfile.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return {"pid": None, "corrupt": True}
-
-    def _is_ours(self, rec: dict | None) -> bool:
-        if not rec or not rec.get("pid"):
-            return False
-        pid = int(rec["pid"])
-        if not proc.pid_alive(pid) or proc.pid_start_time(pid) != rec.get("start_time"):
-            return False
-        return proc.pid_cwd(pid) == self.spec.workdir.resolve()
-
-    def running_pid(self) -> int | None:
-        rec = self.record()
-        return int(rec["pid"]) if rec is not None and self._is_ours(rec) else None
 
     def spawn(self) -> int:
         """Start the process (unless ours runs) and record it; returns its pid."""
@@ -70,15 +50,15 @@ class Daemon:
         self.pidfile.unlink(missing_ok=True)
         paths.private_dir(self.spec.workdir)
         with contextlib.suppress(FileNotFoundError):
-            self.spec.log.rename(self.spec.log.with_suffix(".log.1"))
-        p = proc.spawn(self.spec.argv, log_path=self.spec.log, env=self.spec.env,
+            self.log.rename(self.log.with_suffix(".log.1"))
+        p = proc.spawn(self.spec.argv, log_path=self.log, env=self.spec.env,
                        cwd=self.spec.workdir)
         self._popen = p
         paths.private_dir(self.pidfile.parent)
         rec = {"pid": p.pid, "start_time": proc.pid_start_time(p.pid),
                "workdir": str(self.spec.workdir), "started_at": time.time(),
                "t0": time.monotonic()}
-        self.pidfile.write_text(json.dumps(rec))
+        self._write_record(rec)
         return p.pid
 
     def exited(self) -> int | None:
@@ -102,17 +82,17 @@ class Daemon:
             if code is not None:
                 self.pidfile.unlink(missing_ok=True)
                 raise StackError(f"{self.spec.name} exited during start-up (status {code}):\n"
-                                 f"{self.log_tail()}", hint=f"full log: {self.spec.log}")
+                                 f"{self.log_tail()}", hint=f"full log: {self.log}")
             if ready():
                 seconds = round(time.monotonic() - t0, 3)
                 rec = self.record() or {}
                 rec["startup_seconds"] = seconds
-                self.pidfile.write_text(json.dumps(rec))
+                self._write_record(rec)
                 return seconds
             if time.monotonic() > deadline:
                 self.stop()
                 raise StackError(f"{self.spec.name} was not {what} within {timeout:g} s:\n"
-                                 f"{self.log_tail()}", hint=f"full log: {self.spec.log}")
+                                 f"{self.log_tail()}", hint=f"full log: {self.log}")
             time.sleep(0.25)
 
     def stop(self, *, grace: float = 15.0) -> bool:
@@ -135,11 +115,5 @@ class Daemon:
         return {"pid": pid, "running": pid is not None,
                 "startup_seconds": rec.get("startup_seconds") if pid else None,
                 "started_at": rec.get("started_at") if pid else None,
-                "log": str(self.spec.log)}
+                "log": str(self.log)}
 
-    def log_tail(self, lines: int = 12) -> str:
-        try:
-            text = self.spec.log.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return "    (no log)"
-        return "\n".join("    " + line for line in text[-lines:])

@@ -8,7 +8,6 @@ start time *and* command line match the record, so a stale pidfile can never kil
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from byok.common import paths, proc
 from byok.common.errors import PortInUse, StackError
+from byok.stack.pidrecord import RecordedProcess
 
 
 @dataclass
@@ -86,35 +86,12 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
-class Server:
+class Server(RecordedProcess):
     """Start, stop and inspect one gunicorn-served WSGI app."""
 
     def __init__(self, spec: ServerSpec, run_dir: Path) -> None:
+        super().__init__(spec.name, run_dir, spec.workdir, spec.workdir / "gunicorn.log")
         self.spec = spec
-        self.pidfile = run_dir / f"{spec.name}.pid"
-        self.log = spec.workdir / "gunicorn.log"
-
-    # -- records -----------------------------------------------------------------------------
-    def record(self) -> dict | None:
-        try:
-            return json.loads(self.pidfile.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return {"pid": None, "corrupt": True}
-
-    def _is_ours(self, rec: dict | None) -> bool:
-        if not rec or not rec.get("pid"):
-            return False
-        pid = int(rec["pid"])
-        if not proc.pid_alive(pid) or proc.pid_start_time(pid) != rec.get("start_time"):
-            return False
-        # gunicorn rewrites its title (and with it argv/environ), but --chdir pins its cwd.
-        return proc.pid_cwd(pid) == self.spec.workdir.resolve()
-
-    def running_pid(self) -> int | None:
-        rec = self.record()
-        return int(rec["pid"]) if rec is not None and self._is_ours(rec) else None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, *, timeout: float = 60.0) -> float:
@@ -148,19 +125,19 @@ class Server:
             "url": self.spec.url,
             "started_at": time.time(),
         }
-        self.pidfile.write_text(json.dumps(rec))
+        self._write_record(rec)
         deadline = t0 + timeout
         while time.monotonic() < deadline:
             if p.poll() is not None:
                 self.pidfile.unlink(missing_ok=True)
                 raise StackError(
                     f"{self.spec.name} exited during start-up (status {p.returncode}):\n"
-                    f"{self._log_tail()}",
+                    f"{self.log_tail()}",
                     hint=f"full log: {self.log}",
                 )
             if http_status(self.spec.url + self.spec.health_path, timeout=1.0) is not None:
                 rec["startup_seconds"] = round(time.monotonic() - t0, 3)
-                self.pidfile.write_text(json.dumps(rec))
+                self._write_record(rec)
                 return rec["startup_seconds"]
             time.sleep(0.1)
         # It never answered: do not leave a half-started server (gunicorn may respawn a
@@ -170,7 +147,7 @@ class Server:
         self.pidfile.unlink(missing_ok=True)
         raise StackError(
             f"{self.spec.name} did not answer on {self.spec.url} within {timeout:g} s:\n"
-            f"{self._log_tail()}",
+            f"{self.log_tail()}",
             hint=f"full log: {self.log}",
         )
 
@@ -210,9 +187,3 @@ class Server:
             "log": str(self.log),
         }
 
-    def _log_tail(self, lines: int = 12) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join("    " + line for line in text[-lines:])
