@@ -178,7 +178,7 @@ class UserKeyFunctionalTest(functional_helpers._FunctionalTestBase):
         deadline = time.monotonic() + timeout
         while True:
             r = self._req(who, "DELETE", path)
-            if (r.status_code != 400 or "have snapshots" not in r.text
+            if (r.status_code != 400 or "Invalid volume" not in r.text
                     or time.monotonic() > deadline):
                 return r
             time.sleep(0.5)

@@ -48,7 +48,8 @@ def local_execute(*cmd, **kwargs):
         for i, arg in enumerate(cmd):
             if arg.startswith("encrypt.format=luks"):
                 cmd[i] = arg + ",encrypt.iter-time=10"
-    for attempt in range(QEMU_IMG_TRIES):
+    attempt = 1
+    while True:
         try:
             return processutils.execute(*cmd, **kwargs)
         except processutils.ProcessExecutionError as e:
@@ -57,9 +58,9 @@ def local_execute(*cmd, **kwargs):
             # (it fails before creating the image). Left alone, Cinder's clone leaves its failed
             # temporary snapshot row behind and the source can never be deleted.
             if (cmd[0] != "qemu-img" or CPU_USAGE_FLAKE not in (e.stderr or "")
-                    or attempt == QEMU_IMG_TRIES - 1):
+                    or attempt == QEMU_IMG_TRIES):
                 raise
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 QEMU_IMG_TRIES = 5

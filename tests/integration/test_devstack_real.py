@@ -48,13 +48,6 @@ def devstack_checkout() -> Path:
         subprocess.run(["rm", "-rf", str(tmp)], check=True)
         r = subprocess.run(["git", "clone", "-q", DEVSTACK_URL, str(tmp)], capture_output=True,
                            text=True, timeout=600, check=False)
-        unreachable = ("Could not resolve host", "Failed to connect", "Network is unreachable")
-        if r.returncode != 0 and any(u in r.stderr for u in unreachable):
-            # devstack is on opendev.org/GitHub only (no PyPI or Debian package), and byok may not
-            # commit a copy: a machine that reaches neither cannot run this tier. Said, not hidden.
-            pytest.skip(f"devstack's real library: {DEVSTACK_URL} is unreachable from this "
-                        f"machine and no checkout is cached at {CACHE} (set BYOK_DEVSTACK_DIR "
-                        "to a devstack checkout at the pin to run it)")
         if r.returncode != 0:
             pytest.fail(f"devstack is needed at {CACHE} and cloning {DEVSTACK_URL} failed: "
                         f"{r.stderr.strip()[-300:]}\ninstall step: git clone {DEVSTACK_URL} "
