@@ -228,13 +228,37 @@ def stack() -> Iterator:
     from byok.stack.manager import Stack
 
     st = Stack.at()
-    already = st.status()["healthy"]
+    already = all(srv.running_pid() for srv in st.servers())
     status = st.up()
     assert status["healthy"], status
     HYGIENE.roots = [s["pid"] for s in status["services"].values() if s["pid"]]
+    SESSION_STACK.append(st)
     yield st
+    SESSION_STACK.clear()
     if not already:
         st.down()
+
+
+#: The session's stack once a test has asked for it (the watch below needs it).
+SESSION_STACK: list = []
+
+
+@pytest.fixture(autouse=True)
+def session_stack_survives():
+    """After every test: the session stack's servers still run. A test that leaves one stopped
+    errors here, by name, and the stack is brought back for the tests after it — otherwise one
+    stray ``down`` shows up as hundreds of unrelated connection failures (a CI run once did)."""
+    yield
+    if not SESSION_STACK:
+        return
+    st = SESSION_STACK[0]
+    dead = [srv.spec.name for srv in st.servers() if not srv.running_pid()]
+    if dead:
+        st.up()
+    HYGIENE.roots = [pid for srv in st.servers() if (pid := srv.running_pid())]  # restarts too
+    if dead:
+        pytest.fail(f"this test left the session stack's {' and '.join(dead)} stopped "
+                    "(restarted for the tests that follow)", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -141,15 +141,18 @@ class Stack:
 
     @contextlib.contextmanager
     def running(self, *, progress: Progress | None = None) -> Iterator[Stack]:
-        """The stack up for the enclosed block; stopped afterwards only if this started it."""
-        was_up = self.status()["healthy"]
-        if not was_up:
+        """The stack up for the enclosed block; afterwards only the servers this call started
+        are stopped. Ownership is judged by our pidfiles, never by the health probe: a running
+        stack that answers slowly (a loaded 2-core host) belongs to whoever started it, and
+        stopping it here once killed a whole test session's stack."""
+        mine = [srv for srv in self.servers() if not srv.running_pid()]
+        if mine or not self.status()["healthy"]:
             self.up(progress=progress)
         try:
             yield self
         finally:
-            if not was_up:
-                self.down()
+            for srv in reversed(mine):
+                srv.stop()
 
     def identity(self, user: str):
         """A seeded user's Identity (from this stack's clouds.yaml)."""
