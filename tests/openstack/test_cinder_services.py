@@ -52,7 +52,7 @@ def cinder(stack):
     from byok.stack.cinder import CinderServices
 
     svc = CinderServices(stack)
-    was_up = svc.status()["healthy"]
+    was_up = svc.running()  # ours or not by pidfile: a slow deployment is still someone's
     up = json.loads(byok("cinder", "up", "--json").stdout)
     say(f"[openstack] byok cinder up: {up.get('up_seconds')} s; start-up seconds "
         + ", ".join(f"{k} {v}" for k, v in up["startup_seconds"].items())
@@ -309,6 +309,19 @@ def test_bad_start_one_message_no_stray_process(cinder, stack, tmp_path):
     assert "api-paste" in e.value.message or "paste" in e.value.message.lower(), e.value.message
     assert processes_in(crash.base) == []
     assert cinder.status()["healthy"], "the running deployment is untouched"
+
+
+def test_up_without_the_stack_names_the_step_and_starts_nothing(tmp_path):
+    from byok.common.errors import StackError
+    from byok.stack.cinder import CinderServices, CinderSettings
+    from byok.stack.manager import Stack
+
+    none = Stack.at(tmp_path / "no-stack")
+    svc = CinderServices(none, CinderSettings(instance="nostack"))
+    with pytest.raises(StackError, match="Keystone \\+ Barbican are not running") as e:
+        svc.up(broker=False)
+    assert e.value.hint == "run: byok stack up"
+    assert processes_in(svc.base) == []
 
 
 def test_rabbitmq_missing_is_named_with_the_install_step(tmp_path, monkeypatch):
