@@ -228,7 +228,7 @@ def stack() -> Iterator:
     from byok.stack.manager import Stack
 
     st = Stack.at()
-    already = all(srv.running_pid() for srv in st.servers())
+    already = not st.stopped()
     status = st.up()
     assert status["healthy"], status
     HYGIENE.roots = [s["pid"] for s in status["services"].values() if s["pid"]]
@@ -252,7 +252,7 @@ def session_stack_survives():
     if not SESSION_STACK:
         return
     st = SESSION_STACK[0]
-    dead = [srv.spec.name for srv in st.servers() if not srv.running_pid()]
+    dead = [srv.spec.name for srv in st.stopped()]
     if dead:
         st.up()
     HYGIENE.roots = [pid for srv in st.servers() if (pid := srv.running_pid())]  # restarts too

@@ -162,8 +162,7 @@ class CinderServices:
     def up(self, *, progress: Progress | None = None, broker: bool = True) -> dict:
         say = progress or (lambda _m: None)
         self._check_installed()
-        # By pidfile, not the health probe: a loaded host's slow stack is still running.
-        if not all(srv.running_pid() for srv in self.stack.servers()):
+        if self.stack.stopped():
             raise StackError("the embedded Keystone + Barbican are not running",
                              hint="run: byok stack up")
         api, daemons = self.api(), {s: self.daemon(s) for s in SERVICES}

@@ -116,4 +116,3 @@ class Daemon(RecordedProcess):
                 "startup_seconds": rec.get("startup_seconds") if pid else None,
                 "started_at": rec.get("started_at") if pid else None,
                 "log": str(self.log)}
-

@@ -78,6 +78,11 @@ class Stack:
     def servers(self) -> list[Server]:
         return [self.keystone(), self.barbican()]
 
+    def stopped(self) -> list[Server]:
+        """Our servers with no process of ours running (by pidfile, never by the health probe:
+        a slow server still runs, and belongs to whoever started it)."""
+        return [srv for srv in self.servers() if not srv.running_pid()]
+
     # -- commands ----------------------------------------------------------------------------
     def up(self, *, reset: bool = False, progress: Progress | None = None) -> dict:
         say = progress or (lambda msg: LOG.info("%s", msg))
@@ -111,7 +116,7 @@ class Stack:
         ks, bb = self.keystone(), self.barbican()
         # Only what this call starts is stopped on failure: a stack someone else brought up
         # (a reused test fixture, another shell) keeps running.
-        started = [srv for srv in (bb, ks) if not srv.running_pid()]
+        started = self.stopped()
         try:
             if not ks.running_pid():
                 say(f"starting Keystone on {ks.spec.url}")
@@ -129,7 +134,7 @@ class Stack:
             bb.start()
         except BaseException:
             # Leave no half-started stack behind: stop what this call started.
-            for srv in started:
+            for srv in reversed(started):
                 srv.stop()
             raise
         return self.status()
@@ -142,10 +147,9 @@ class Stack:
     @contextlib.contextmanager
     def running(self, *, progress: Progress | None = None) -> Iterator[Stack]:
         """The stack up for the enclosed block; afterwards only the servers this call started
-        are stopped. Ownership is judged by our pidfiles, never by the health probe: a running
-        stack that answers slowly (a loaded 2-core host) belongs to whoever started it, and
-        stopping it here once killed a whole test session's stack."""
-        mine = [srv for srv in self.servers() if not srv.running_pid()]
+        are stopped (:meth:`stopped`: judging by the health probe once stopped a whole test
+        session's slow stack)."""
+        mine = self.stopped()
         if mine or not self.status()["healthy"]:
             self.up(progress=progress)
         try:

@@ -1,8 +1,9 @@
 """One WSGI server of the embedded stack (Keystone or Barbican) served by gunicorn.
 
 A server is started detached and recorded in ``<state>/run/<name>.pid`` (JSON: pid, the kernel
-start time of that pid, port, start-up seconds). Stopping signals only a process whose pid *and*
-start time *and* command line match the record, so a stale pidfile can never kill a stranger.
+start time of that pid, port, start-up seconds). Stopping signals only a process whose pid,
+start time and working directory match the record (:mod:`byok.stack.pidrecord`), so a stale
+pidfile can never kill a stranger.
 """
 
 from __future__ import annotations
@@ -186,4 +187,3 @@ class Server(RecordedProcess):
             "started_at": rec.get("started_at") if pid else None,
             "log": str(self.log),
         }
-

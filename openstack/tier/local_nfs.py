@@ -31,6 +31,9 @@ def _luks_convert_fixed_iter_time(*args, **kwargs):
 
 image_utils._get_qemu_convert_luks_cmd = _luks_convert_fixed_iter_time
 
+QEMU_IMG_TRIES = 5
+CPU_USAGE_FLAKE = "Unable to get accurate CPU usage"
+
 
 def local_execute(*cmd, **kwargs):
     """Cinder's execute for a driver that runs as root without rootwrap or sudo.
@@ -61,10 +64,6 @@ def local_execute(*cmd, **kwargs):
                     or attempt == QEMU_IMG_TRIES):
                 raise
             attempt += 1
-
-
-QEMU_IMG_TRIES = 5
-CPU_USAGE_FLAKE = "Unable to get accurate CPU usage"
 
 
 class LocalFolderNfsDriver(nfs.NfsDriver):
